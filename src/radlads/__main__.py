@@ -1,0 +1,3 @@
+from radlads.cli import main
+
+raise SystemExit(main())
