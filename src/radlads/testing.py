@@ -1,0 +1,78 @@
+"""Tiny random teachers and tokenizers for tests and demos: no download, a few hundred KB of weights.
+
+They are real transformers models of each supported family, so every code path that handles a
+real teacher (weight transfer, hooks, generation, export) runs on them unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TINY_VOCAB = 320  # 256 byte tokens + a few specials, rounded up
+
+
+def tiny_teacher(family: str = "llama", seed: int = 0, **overrides):
+    """A 2-layer random causal LM of the given family (llama, mistral, qwen2, qwen3)."""
+    import transformers
+
+    shape = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    shape.update(overrides)
+    config_cls = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+    }[family]
+    if family == "qwen3":
+        shape.setdefault("head_dim", 16)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config_cls(**shape))
+    # Random biases (Qwen2 q/k/v) default to zero; make them non-zero so transfer tests see them.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(std=0.02)
+    return model.eval()
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer without merges: one token per UTF-8 byte, plus <pad> <s> </s>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for b in range(256):
+        vocab[_byte_char(b)] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.decoder = decoders.ByteLevel()
+    # ByteLevel maps bytes to printable stand-ins; splitting on "" then makes one token per byte.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), pre_tokenizers.Split("", "isolated")]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<pad>"
+    )
+
+
+def _byte_char(b: int) -> str:
+    # The printable stand-in GPT-2 byte-level tokenizers use for byte b.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    if b in printable:
+        return chr(b)
+    return chr(256 + sum(1 for x in range(b) if x not in printable))
