@@ -33,7 +33,7 @@ def load_student(path: str, dtype: torch.dtype = torch.float32):
         raise RadladsError(f"{folder} has a radlads config.json but no *.safetensors weights")
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     except (OSError, ValueError) as e:
         raise RadladsError(f"cannot load student from {folder}: {str(e).splitlines()[0]}") from e
     model.eval()
