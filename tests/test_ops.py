@@ -107,3 +107,15 @@ def test_delta_rule_removes_what_it_replaces():
     zeros = torch.zeros(1, 2, 1, K)
     out, _ = chunk_rwkv7(key, zeros, key, v, -key, key)
     torch.testing.assert_close(out[0, 1, 0], torch.tensor([0, 2.0, 0, 0]), rtol=1e-5, atol=1e-5)
+
+
+def test_steep_decays_shrink_the_chunk_instead_of_overflowing():
+    from radlads.model.ops_rwkv7 import safe_chunk_size
+
+    assert safe_chunk_size(torch.full((4,), -0.606531), 32) == 32
+    assert safe_chunk_size(torch.full((4,), -5.0), 64) == 16
+    assert safe_chunk_size(torch.full((4,), -20.0), 64) == 4
+    xs = rwkv7_inputs(1, 40, 2, 8, 8, -20.0, torch.float32)
+    out, _ = chunk_rwkv7(*xs, chunk_size=64)
+    ref, _ = recurrent_rwkv7(*xs)
+    assert torch.isfinite(out).all() and rel_err(out, ref) < 1e-4

@@ -241,8 +241,10 @@ class RWKV7TimeMix(_Projections):
         k, v = _mask_padding(attention_mask, k, v)
 
         state = layer_state["state"] if layer_state else None
-        kernel = recurrent_rwkv7 if T == 1 else chunk_rwkv7
-        y, state = kernel(r, w, k, v, -kk, kk * a, scale=self.scale, initial_state=state, output_final_state=use_cache)
+        if T == 1:
+            y, state = recurrent_rwkv7(r, w, k, v, -kk, kk * a, self.scale, state, use_cache)
+        else:
+            y, state = chunk_rwkv7(r, w, k, v, -kk, kk * a, self.scale, state, use_cache, self.chunk_size)
         y = y.reshape(B, T, H * D)
         if self.ln_x is not None:
             y = self.ln_x(y.reshape(B * T, H * D)).view(B, T, H * D)
@@ -305,8 +307,10 @@ class RWKV6TimeMix(_Projections):
         g = torch.sigmoid((xg @ self.g1) @ self.g2)
 
         state = layer_state["state"] if layer_state else None
-        kernel = recurrent_gla if T == 1 else chunk_gla
-        y, state = kernel(r, k, v, log_w, scale=self.scale, initial_state=state, output_final_state=use_cache)
+        if T == 1:
+            y, state = recurrent_gla(r, k, v, log_w, self.scale, state, use_cache)
+        else:
+            y, state = chunk_gla(r, k, v, log_w, self.scale, state, use_cache, self.chunk_size)
         y = y.reshape(B, T, H * D)
         if self.ln_x is not None:
             y = self.ln_x(y.reshape(B * T, H * D)).view(B, T, H * D)

@@ -24,7 +24,7 @@ def _use_fla(x, kernel) -> bool:
     return kernel is not None and x.is_cuda
 
 
-def chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, chunk_size=16):
+def chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, chunk_size=32):
     if _use_fla(r, fla_chunk_rwkv7):
         return fla_chunk_rwkv7(r, w, k, v, a, b, scale=scale, initial_state=initial_state,
                                output_final_state=output_final_state)
@@ -38,7 +38,7 @@ def recurrent_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_fina
     return torch_recurrent_rwkv7(r, w, k, v, a, b, scale, initial_state, output_final_state)
 
 
-def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=16):
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=32):
     if _use_fla(q, fla_chunk_gla):
         return fla_chunk_gla(q, k, v, g, scale=scale, initial_state=initial_state,
                              output_final_state=output_final_state)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops_rwkv7 import accumulation_dtype, initial_state_or_zeros, pad_time, to_chunks
+from .ops_rwkv7 import accumulation_dtype, initial_state_or_zeros, pad_time, safe_chunk_size, to_chunks
 
 
 def recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state: bool = False):
@@ -31,13 +31,11 @@ def recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state
     return o.to(dtype), (state if output_final_state else None)
 
 
-def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state: bool = False, chunk_size: int = 16):
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state: bool = False, chunk_size: int = 32):
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    C = chunk_size
+    C = safe_chunk_size(g, chunk_size)
     dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     q, k, v, g = (to_chunks(x, C, acc) for x in pad_time([q, k, v, g], C))
     N = q.shape[2]

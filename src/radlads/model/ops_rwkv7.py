@@ -43,24 +43,69 @@ def recurrent_rwkv7(r, w, k, v, a, b, scale: float = 1.0, initial_state=None, ou
 
 
 def to_chunks(x: torch.Tensor, chunk: int, acc: torch.dtype) -> torch.Tensor:
-    """[B, T, H, D] (T a multiple of chunk) -> [B, H, N, C, D] in the accumulation dtype."""
-    B, T, H, D = x.shape
-    return x.to(acc).view(B, T // chunk, chunk, H, D).permute(0, 3, 1, 2, 4)
+    """[B, T, H, D] (T a multiple of chunk) -> contiguous [B, H, N, C, D] in the accumulation dtype.
 
-
-def solve_unit_lower(L: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """(I - L)⁻¹ rhs for strictly lower-triangular L of size C.
-
-    L is nilpotent, so (I - L)⁻¹ = (I + L)(I + L²)(I + L⁴)…: log2(C) batched matmuls, with
-    ordinary autograd, instead of C sequential substitution steps.
+    Contiguous matters: elementwise work on the permuted view is several times slower on CPU.
     """
-    x, power = rhs, L
-    steps = max(1, (L.shape[-1] - 1).bit_length())
-    for i in range(steps):
-        x = x + power @ x
-        if i + 1 < steps:
-            power = power @ power
-    return x
+    B, T, H, D = x.shape
+    return x.to(acc).view(B, T // chunk, chunk, H, D).permute(0, 3, 1, 2, 4).contiguous()
+
+
+def unit_lower_inverse_powers(L: torch.Tensor) -> list[torch.Tensor]:
+    """[L, L², L⁴, …] for strictly lower-triangular L of size C: enough factors for (I - L)⁻¹.
+
+    L is nilpotent, so (I - L)⁻¹ = (I + L)(I + L²)(I + L⁴)…: log2(C) batched matmuls with
+    ordinary autograd instead of C sequential substitution steps.
+    """
+    powers = [L]
+    for _ in range((L.shape[-1] - 1).bit_length() - 1):
+        powers.append(powers[-1] @ powers[-1])
+    return powers
+
+
+def solve_unit_lower(powers: list[torch.Tensor], rhs: torch.Tensor) -> torch.Tensor:
+    """(I - L)⁻¹ rhs, given unit_lower_inverse_powers(L)."""
+    for p in powers:
+        rhs = rhs + p @ rhs
+    return rhs
+
+
+def run_chunks(M: torch.Tensor, N_add: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The only sequential part: S_{n+1} = M_n S_n + N_n for chunks n = 0, 1, ….
+
+    M [B, H, N, K, K], N_add [B, H, N, K, V], state [B, H, K, V]. Returns the state at the start
+    of every chunk, [B, H, N, K, V], and the final state.
+    """
+    B, H, N, K, V = N_add.shape
+    # Chunk-major contiguous copies make every step one fused baddbmm on contiguous memory.
+    M = M.permute(2, 0, 1, 3, 4).reshape(N, B * H, K, K)
+    N_add = N_add.permute(2, 0, 1, 3, 4).reshape(N, B * H, K, V)
+    state = state.reshape(B * H, K, V)
+    starts = []
+    for M_n, N_n in zip(M.unbind(0), N_add.unbind(0)):
+        starts.append(state)
+        state = torch.baddbmm(N_n, M_n, state)
+    starts = torch.stack(starts, dim=0).view(N, B, H, K, V).permute(1, 2, 0, 3, 4)
+    return starts, state.view(B, H, K, V)
+
+
+# exp() overflows fp32 just above 88, and backward multiplies two split factors together, so
+# each factor (half a chunk of cumulative decay) is kept below e^40.
+MAX_HALF_CHUNK_LOG_DECAY = 40.0
+
+
+def safe_chunk_size(w: torch.Tensor, chunk_size: int) -> int:
+    """The largest chunk <= chunk_size whose half-chunk cumulative decay stays below exp's range.
+
+    RAD-RWKV7 decays are >= -0.61 per step, so this is chunk_size itself; steeper decays (RWKV-6
+    allows -5) get smaller chunks instead of infs.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    steepest = float(-w.detach().min()) if w.numel() else 0.0
+    while chunk_size > 1 and (chunk_size / 2) * steepest > MAX_HALF_CHUNK_LOG_DECAY:
+        chunk_size //= 2
+    return chunk_size
 
 
 def pad_time(xs, multiple: int):
@@ -73,28 +118,29 @@ def pad_time(xs, multiple: int):
 
 
 def chunk_rwkv7(
-    r, w, k, v, a, b, scale: float = 1.0, initial_state=None, output_final_state: bool = False, chunk_size: int = 16
+    r, w, k, v, a, b, scale: float = 1.0, initial_state=None, output_final_state: bool = False, chunk_size: int = 32
 ):
     B, T, H, K = r.shape
     V = v.shape[-1]
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    C = chunk_size
+    C = safe_chunk_size(w, chunk_size)
     dtype, acc = r.dtype, accumulation_dtype(r.dtype)
     r, w, k, v, a, b = (to_chunks(x, C, acc) for x in pad_time([r, w, k, v, a, b], C))
-    N = r.shape[2]
 
     g = w.cumsum(-2)  # Γ_i: log-decay from the chunk start through step i
-    g_prev = g - w  # Γ_{i-1}
+    mid = g[..., (C - 1) // 2 : (C - 1) // 2 + 1, :]
     g_last = g[..., -1:, :]
     # Intra-chunk products exp(Γ_i - Γ_j) are split into two factors around the chunk middle, so
-    # neither factor exceeds exp(C/2 · max|w|) (e^40 at w = -5, C = 16): no overflow in fp32.
-    mid = g[..., (C - 1) // 2 : (C - 1) // 2 + 1, :]
-    r_in, a_in = r * (g - mid).exp(), a * (g_prev - mid).exp()
-    k_in, b_in = k * (mid - g).exp(), b * (mid - g).exp()
-    # Terms that touch the chunk's initial state or its final state need one-sided factors (<= 1).
-    r_s0, a_s0 = r * g.exp(), a * g_prev.exp()
-    k_end, b_end = k * (g_last - g).exp(), b * (g_last - g).exp()
+    # neither factor exceeds exp(C/2 · max|w|) <= e^40 (safe_chunk_size): no overflow in fp32,
+    # forward or backward.
+    # The one-sided factors (chunk start -> i, j -> chunk end) are products of these and <= 1.
+    up = (g - mid).exp()  # exp(Γ_i - mid)
+    down = up.reciprocal()  # exp(mid - Γ_j)
+    up_prev = (g - w - mid).exp()  # exp(Γ_{i-1} - mid)
+    mid_exp, last_exp = mid.exp(), (g_last - mid).exp()
+    r_in, a_in = r * up, a * up_prev
+    k_in, b_in = k * down, b * down
+    r_s0, a_s0 = r_in * mid_exp, a_in * mid_exp  # r_i exp(Γ_i), a_i exp(Γ_{i-1})
+    k_end, b_end = k_in * last_exp, b_in * last_exp  # k_j exp(Γ_C - Γ_j)
 
     strict = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
     causal = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(0)
@@ -104,20 +150,18 @@ def chunk_rwkv7(
     A_rk = torch.where(causal, r_in @ k_in.transpose(-1, -2), zero)
     A_rb = torch.where(causal, r_in @ b_in.transpose(-1, -2), zero)
 
-    # u = S_{j-1}ᵀ a_j for every step, written as U = W S_0 + Ū.
-    W_U = solve_unit_lower(A_ab, torch.cat([a_s0, A_ak @ v], dim=-1))
-    W, U_bar = W_U[..., :K], W_U[..., K:]
+    # u_j = S_{j-1}ᵀ a_j for every step, written as U = W S_0 + Ū.
+    powers = unit_lower_inverse_powers(A_ab)
+    W = solve_unit_lower(powers, a_s0)
+    U_bar = solve_unit_lower(powers, A_ak @ v)
     # Per chunk: O = P S_0 + Q and S_next = M S_0 + N_add.
     P = r_s0 + A_rb @ W
     Q = A_rk @ v + A_rb @ U_bar
-    M = torch.diag_embed(g_last.squeeze(-2).exp()) + b_end.transpose(-1, -2) @ W
+    M = torch.diag_embed(last_exp.squeeze(-2) * mid_exp.squeeze(-2)) + b_end.transpose(-1, -2) @ W
     N_add = k_end.transpose(-1, -2) @ v + b_end.transpose(-1, -2) @ U_bar
 
     state = initial_state_or_zeros(initial_state, (B, H, K, V), acc, r.device)
-    starts = []
-    for M_n, N_n in zip(M.unbind(2), N_add.unbind(2)):
-        starts.append(state)
-        state = M_n @ state + N_n
-    o = P @ torch.stack(starts, dim=2) + Q  # [B, H, N, C, V]
-    o = (o * scale).permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
+    starts, state = run_chunks(M, N_add, state)
+    o = P @ starts + Q  # [B, H, N, C, V]
+    o = (o * scale).permute(0, 2, 3, 1, 4).reshape(B, -1, H, V)[:, :T]
     return o.to(dtype), (state if output_final_state else None)
