@@ -9,6 +9,7 @@ mid-save never leaves a half-written model.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
         model.config.auto_map = dict(AUTO_MAP)
         model.config.architectures = ["RadladsForCausalLM"]
