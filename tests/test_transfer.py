@@ -75,3 +75,11 @@ def test_init_cli_unknown_arch_exits_2(tmp_path, capsys):
     code = main(["init", "--teacher", str(tmp_path / "t"), "--arch", "mamba", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unknown --arch 'mamba'" in err[0]
+
+
+def test_new_parameters_depend_only_on_the_seed():
+    teacher = tiny_teacher("llama")
+    a, b = build_student(teacher, "rwkv7", seed=3), build_student(teacher, "rwkv7", seed=3)
+    c = build_student(teacher, "rwkv7", seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.model.layers[1].time_mix.g2, c.model.layers[1].time_mix.g2)

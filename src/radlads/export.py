@@ -55,3 +55,18 @@ def _replace_dir(new: Path, dest: Path) -> None:
     dest.rename(old)
     new.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_into(model, tokenizer, folder: str | Path) -> Path:
+    """Write the model's files into an existing folder (a run folder with checkpoints beside them).
+
+    Each file is written beside its destination and renamed over it, so every file is either the
+    old or the new one, never half-written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = save_model(model, tokenizer, folder / ".export")
+    for f in staged.iterdir():
+        os.replace(f, folder / f.name)
+    staged.rmdir()
+    return folder

@@ -76,3 +76,30 @@ def _byte_char(b: int) -> str:
     if b in printable:
         return chr(b)
     return chr(256 + sum(1 for x in range(b) if x not in printable))
+
+
+class CyclingTokenStream:
+    """A resumable stand-in for data.PackedStream: cycles through `distinct` random batches.
+
+    Few distinct batches make a training loss that must fall within a handful of steps.
+    """
+
+    def __init__(self, seq_len: int, batch_size: int, seed: int, distinct: int = 2, vocab: int = TINY_VOCAB):
+        g = torch.Generator().manual_seed(seed)
+        self.batches = [torch.randint(3, vocab, (batch_size, seq_len), generator=g) for _ in range(distinct)]
+        self.position = 0
+
+    def __next__(self) -> torch.Tensor:
+        batch = self.batches[self.position % len(self.batches)]
+        self.position += 1
+        return batch.clone()
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+
+def cycling_stream_factory(seq_len: int, batch_size: int, seed: int) -> CyclingTokenStream:
+    return CyclingTokenStream(seq_len, batch_size, seed)

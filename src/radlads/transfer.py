@@ -122,11 +122,16 @@ def transfer_weights(teacher, student: RadladsForCausalLM) -> list[str]:
 
 
 def build_student(teacher, arch: str = "rwkv7", attention_layers=(), teacher_spec: str | None = None,
-                  **overrides) -> RadladsForCausalLM:
-    """An attention-transferred student in the teacher's dtype, ready for stage 1."""
+                  seed: int = 0, **overrides) -> RadladsForCausalLM:
+    """An attention-transferred student in the teacher's dtype, ready for stage 1.
+
+    The new time-mix parameters' random initial values depend only on `seed`.
+    """
     config = student_config(teacher, arch, attention_layers, teacher_spec, **overrides)
     dtype = next(teacher.parameters()).dtype
-    student = RadladsForCausalLM(config).to(dtype)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        student = RadladsForCausalLM(config).to(dtype)
     transfer_weights(teacher, student)
     if config.tie_word_embeddings:
         student.tie_weights()
