@@ -152,6 +152,8 @@ def _coerce(value, annotation, key: str):
                 raise ValueError
             return int(number)
         if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         if annotation is str:
             if not isinstance(value, (str, int, float)):
@@ -243,7 +245,10 @@ def load_config(preset: str | None = None, config_file: str | None = None, overr
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise RadladsError(f"--set {key}: cannot parse the value {value!r}") from None
         merge(cfg, nested)
     return validate(cfg)
 

@@ -2,8 +2,8 @@
 
 Each stage is an objective module (teacher + student -> scalar loss) driven by one loop:
 next global batch -> this rank's slice -> micro-batches -> backward -> clip -> AdamW step ->
-log / validate / checkpoint. The objective is what DDP or FSDP wraps, so the loop never needs to
-know about distribution.
+log / validate / checkpoint. The objective is what DDP or FSDP2 wraps, so the loop never needs
+to know about distribution.
 """
 
 from __future__ import annotations
@@ -39,14 +39,11 @@ class TeacherAttentionTap:
     """
 
     def __init__(self, teacher):
-        self.inputs: list[torch.Tensor | None] = []
-        self.outputs: list[torch.Tensor | None] = []
-        self.handles = []
         layers = teacher.model.layers
-        self.inputs = [None] * len(layers)
-        self.outputs = [None] * len(layers)
-        for i, layer in enumerate(layers):
-            self.handles.append(layer.self_attn.register_forward_hook(self._hook(i), with_kwargs=True))
+        self.inputs: list[torch.Tensor | None] = [None] * len(layers)
+        self.outputs: list[torch.Tensor | None] = [None] * len(layers)
+        self.handles = [layer.self_attn.register_forward_hook(self._hook(i), with_kwargs=True)
+                        for i, layer in enumerate(layers)]
 
     def _hook(self, i):
         def hook(module, args, kwargs, output):
@@ -54,6 +51,12 @@ class TeacherAttentionTap:
             self.outputs[i] = output[0] if isinstance(output, tuple) else output
 
         return hook
+
+    def take(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The captured tensors; the tap lets go of them so they are freed after the step."""
+        inputs, outputs = self.inputs, self.outputs
+        self.inputs, self.outputs = [None] * len(inputs), [None] * len(outputs)
+        return inputs, outputs
 
     def remove(self):
         for h in self.handles:
@@ -70,8 +73,8 @@ class Stage1Objective(nn.Module):
 
     def forward(self, input_ids):
         with torch.no_grad():
-            self.teacher.model(input_ids=input_ids, use_cache=False)  # base model only: no LM head
-            inputs, targets = list(self.tap.inputs), list(self.tap.outputs)
+            self.teacher.model(input_ids=input_ids, use_cache=False)
+        inputs, targets = self.tap.take()
         outputs = self.student.model.time_mix_forward(inputs)
         return attention_alignment_loss(outputs, targets)
 
@@ -98,21 +101,43 @@ class DistillObjective(nn.Module):
 
 def trainable_names(student, stage: int, stage_cfg: StageConfig) -> set[str]:
     """Stage 1 trains only the time-mix; later stages everything (optionally not the MLPs)."""
-    names = {n for n, _ in student.named_parameters()}
     if stage == 1:
         return student.time_mix_parameter_names()
+    names = {n for n, _ in student.named_parameters()}
     if stage_cfg.freeze_mlp:
         names = {n for n in names if ".mlp." not in n}
     return names
 
 
 def lr_at(step: int, total: int, s: StageConfig) -> float:
+    """Linear warm-up, then cosine from lr to lr_final over the remaining steps (or constant)."""
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
     if s.schedule == "constant":
         return s.lr
-    progress = (step - s.warmup_steps) / max(1, total - s.warmup_steps)
+    progress = (step - s.warmup_steps) / max(1, total - 1 - s.warmup_steps)
     return s.lr_final + 0.5 * (s.lr - s.lr_final) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def total_steps(s: StageConfig) -> int:
+    return math.ceil(s.tokens / (s.batch_size * s.seq_len))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def make_data(cfg: RunConfig, s: StageConfig, seed: int, tokenizer):
+    """(training stream of global batches, fixed validation batches) for one stage."""
+    d = cfg.data
+    stream = PackedStream(d.spec, tokenizer, s.seq_len, s.batch_size, seed=seed, text_field=d.text_field,
+                          valid_fraction=d.valid_fraction, shuffle_buffer=d.shuffle_buffer)
+    valid = []
+    if d.valid_sequences:
+        valid = validation_batches(d.valid_spec or d.spec, tokenizer, s.seq_len, d.valid_sequences, d.text_field,
+                                   split="all" if d.valid_spec else "valid", valid_fraction=d.valid_fraction)
+    return stream, valid
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,8 +148,7 @@ def lr_at(step: int, total: int, s: StageConfig) -> float:
 def _autocast(cfg: RunConfig):
     if cfg.dtype != "bf16":
         return nullcontext()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16)
+    return torch.autocast(dist.device().type, dtype=torch.bfloat16)
 
 
 def _log(path: Path, record: dict) -> None:
@@ -132,60 +156,65 @@ def _log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _drop_metrics_after(path: Path, stage: int, step: int) -> None:
+    """A killed run may have logged steps past its last checkpoint; the resumed run logs them again."""
+    if not path.is_file():
+        return
+    rows = path.read_text().splitlines()
+    kept = [r for r in rows if not (json.loads(r)["stage"] == stage and json.loads(r)["step"] > step)]
+    if len(kept) != len(rows):
+        path.write_text("".join(r + "\n" for r in kept))
+
+
 @torch.no_grad()
 def validation_loss(objective, batches, cfg: RunConfig) -> float:
     was_training = objective.training
     objective.eval()
     with _autocast(cfg):
-        losses = [float(objective(b)) for b in batches]
+        losses = [float(objective(b.to(dist.device()))) for b in batches]
     objective.train(was_training)
     return sum(losses) / len(losses)
 
 
 def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir: Path,
-                resume: bool = False, stop_after_steps: int | None = None, stream_factory=None) -> bool:
-    """Train `student` in place for one stage. Returns True when the stage's budget is done.
+                resume: bool = False, stop_after_steps: int | None = None, data_factory=None) -> bool:
+    """Train `student` in place for one stage. Returns True when the stage's token budget is done.
 
-    `stream_factory(seq_len, batch_size, seed)` replaces the data spec (tests feed tokens directly).
+    `data_factory(stage_cfg, seed) -> (stream, valid_batches)` replaces the configured data
+    (tests feed token batches directly). Checkpoints go to run_dir/checkpoints/stageN/.
     """
     s = cfg.stage(stage)
     rank, world = dist.rank(), dist.world_size()
     if s.batch_size % world:
         raise RadladsError(f"stage{stage}.batch_size {s.batch_size} is not divisible by {world} processes")
-    local_batch = s.batch_size // world
-    if local_batch % s.grad_accum:
-        raise RadladsError(f"stage{stage}: per-rank batch {local_batch} is not divisible by grad_accum {s.grad_accum}")
-    check_seq_len(s.seq_len, getattr(teacher.config, "max_position_embeddings", None))
-    total_steps = math.ceil(s.tokens / (s.batch_size * s.seq_len))
+    if (s.batch_size // world) % s.grad_accum:
+        raise RadladsError(f"stage{stage}: per-process batch {s.batch_size // world} is not divisible by "
+                           f"grad_accum {s.grad_accum}")
+    uses_teacher = stage != 3 or s.kl_weight > 0
+    check_seq_len(s.seq_len, getattr(teacher.config, "max_position_embeddings", None) if uses_teacher else None)
+    n_steps = total_steps(s)
+    step_tokens = s.batch_size * s.seq_len
     ckpt_dir = run_dir / "checkpoints" / f"stage{stage}"
     metrics_path = run_dir / "metrics.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    device = dist.device()
+    teacher.to(device).requires_grad_(False).eval()
+    student.to(device)
     keep = trainable_names(student, stage, s)
     for name, p in student.named_parameters():
         p.requires_grad_(name in keep)
-    teacher.requires_grad_(False).eval()
-    student.model.gradient_checkpointing = s.gradient_checkpointing  # recompute layers in backward
+    # The student's own switch (recompute each layer in backward): transformers renames its
+    # enable/disable methods between versions, the attribute the model reads stays.
+    student.model.gradient_checkpointing = s.gradient_checkpointing
     student.train()
     objective = Stage1Objective(teacher, student) if stage == 1 else DistillObjective(teacher, student, s)
     wrapped = dist.wrap(objective, cfg.fsdp)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay)
 
-    seed = cfg.seed * 1000 + stage
-    if stream_factory is not None:
-        stream = stream_factory(s.seq_len, s.batch_size, seed)
-        valid = [stream_factory(s.seq_len, 1, seed + 99).__next__() for _ in range(cfg.data.valid_sequences)]
-    else:
-        stream = PackedStream(cfg.data.spec, tokenizer, s.seq_len, s.batch_size, seed=seed,
-                              text_field=cfg.data.text_field, valid_fraction=cfg.data.valid_fraction,
-                              shuffle_buffer=cfg.data.shuffle_buffer)
-        valid = []
-        if cfg.data.valid_sequences:
-            valid = validation_batches(cfg.data.valid_spec or cfg.data.spec, tokenizer, s.seq_len,
-                                       cfg.data.valid_sequences, cfg.data.text_field,
-                                       split="all" if cfg.data.valid_spec else "valid",
-                                       valid_fraction=cfg.data.valid_fraction)
+    seed = cfg.seed * 1000 + stage  # each stage sees its own data order
+    stream, valid = (data_factory or (lambda s_, seed_: make_data(cfg, s_, seed_, tokenizer)))(s, seed)
     torch.manual_seed(seed)
 
     step = 0
@@ -195,61 +224,58 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
         step = state["step"]
         stream.load_state_dict(state["data"])
         if rank == 0:
-            print(f"radlads: stage {stage} resumed from {checkpoint} (step {step}/{total_steps})", file=sys.stderr)
-    elif ckpt_dir.exists() and any(ckpt_dir.glob("step-*")) and rank == 0 and not resume:
+            _drop_metrics_after(metrics_path, stage, step)
+            print(f"radlads: stage {stage} resumed from {checkpoint} (step {step}/{n_steps})", file=sys.stderr)
+    elif not resume and any(ckpt_dir.glob("step-*")):
         raise RadladsError(f"{ckpt_dir} already has checkpoints: pass --resume to continue, or use a new --out")
-    if step >= total_steps:
-        return True
 
-    def checkpoint_now(at_step: int) -> None:
-        if rank == 0:
-            save_checkpoint(ckpt_dir, at_step, student, optimizer,
-                            {"stage": stage, "data": stream.state_dict(), "tokens": at_step * s.batch_size * s.seq_len},
-                            keep=cfg.keep_checkpoints)
-        dist.barrier()
+    def checkpoint_now() -> None:
+        save_checkpoint(ckpt_dir, step, student, optimizer,
+                        {"stage": stage, "tokens": step * step_tokens, "total_steps": n_steps,
+                         "data": stream.state_dict()}, keep=cfg.keep_checkpoints)
 
-    bar = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", unit="step", disable=rank != 0,
+    bar = tqdm(total=n_steps, initial=step, desc=f"stage {stage}", unit="step", disable=rank != 0,
                dynamic_ncols=True, file=sys.stderr)
     steps_this_run, t_start = 0, time.perf_counter()
-    while step < total_steps:
+    while step < n_steps:
         t0 = time.perf_counter()
-        lr = lr_at(step, total_steps, s)
+        lr = lr_at(step, n_steps, s)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = next(stream)[rank::world]
-        micro_batches = batch.chunk(s.grad_accum)
-        total_loss = 0.0
+        micro_batches = next(stream)[rank::world].to(device).chunk(s.grad_accum)
+        loss_sum = 0.0
         for i, micro in enumerate(micro_batches):
-            sync = dist.no_sync(wrapped) if i < len(micro_batches) - 1 else nullcontext()
-            with sync, _autocast(cfg):
+            last = i == len(micro_batches) - 1
+            with (nullcontext() if last else dist.no_sync(wrapped)), _autocast(cfg):
                 loss = wrapped(micro) / len(micro_batches)
             loss.backward()
-            total_loss += float(loss.detach())
-        total_loss = dist.mean(total_loss)
-        if not math.isfinite(total_loss):
-            last = latest_checkpoint(ckpt_dir)
-            raise RadladsError(f"stage {stage}: loss is {total_loss} at step {step}; stopped without updating "
-                               f"(last good checkpoint: {last or 'none'})")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.grad_clip))
+            loss_sum += float(loss.detach())
+        loss_value = dist.mean(loss_sum)
+        grad_norm = dist.full_value(torch.nn.utils.clip_grad_norm_(params, s.grad_clip))
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            bar.close()
+            what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
+            raise RadladsError(f"stage {stage}: {what} at step {step + 1}; stopped before applying it "
+                               f"(last good checkpoint: {latest_checkpoint(ckpt_dir) or 'none'})")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_this_run += 1
 
-        dt = time.perf_counter() - t0
-        tok_s = s.batch_size * s.seq_len / dt
+        tok_s = step_tokens / (time.perf_counter() - t0)
         bar.update(1)
-        bar.set_postfix(loss=f"{total_loss:.4g}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
-        record = {"stage": stage, "step": step, "tokens": step * s.batch_size * s.seq_len, "loss": total_loss,
-                  "lr": lr, "grad_norm": grad_norm, "tok_s": tok_s, "elapsed_s": time.perf_counter() - t_start}
-        if valid and (step % cfg.eval_every == 0 or step == total_steps):
+        bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
+        record = {"stage": stage, "step": step, "tokens": step * step_tokens, "loss": loss_value, "lr": lr,
+                  "tok_s": round(tok_s, 1), "grad_norm": grad_norm,
+                  "elapsed_s": round(time.perf_counter() - t_start, 3)}
+        if valid and (step % cfg.eval_every == 0 or step == n_steps):
             record["val_loss"] = dist.mean(validation_loss(wrapped, valid, cfg))
-        if rank == 0 and (step % cfg.log_every == 0 or "val_loss" in record):
+        if rank == 0 and (step % cfg.log_every == 0 or "val_loss" in record or step == n_steps):
             _log(metrics_path, record)
-        if step % cfg.save_every == 0 or step == total_steps:
-            checkpoint_now(step)
-        if stop_after_steps is not None and steps_this_run >= stop_after_steps and step < total_steps:
-            checkpoint_now(step)
+        stopping = stop_after_steps is not None and steps_this_run >= stop_after_steps
+        if step % cfg.save_every == 0 or step == n_steps or stopping:
+            checkpoint_now()
+        if stopping and step < n_steps:
             bar.close()
             return False
     bar.close()
@@ -265,6 +291,16 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
 # --------------------------------------------------------------------------------------------
 
 
+def load_student_dir(path: str | Path):
+    """A student folder (radlads init, a stage's final/, an export) as a trainable model."""
+    from radlads.loading import is_student_dir
+    from radlads.model.modeling_radlads import RadladsForCausalLM
+
+    if not is_student_dir(str(path)):
+        raise RadladsError(f"{path} is not a radlads student folder (make one with radlads init)")
+    return RadladsForCausalLM.from_pretrained(path)
+
+
 def add_arguments(p) -> None:
     from radlads.config import add_config_arguments
 
@@ -272,6 +308,7 @@ def add_arguments(p) -> None:
     p.add_argument("--student", required=True, help="student folder (from radlads init or a previous stage)")
     p.add_argument("--teacher", required=True, help="teacher spec the student was made from")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, and the trained student")
+    p.add_argument("--lr", type=float, help="peak learning rate of this stage")
     add_config_arguments(p)
 
 
@@ -279,21 +316,20 @@ def run(args) -> int:
     from radlads.config import load_config, overrides_from_args, save_config
     from radlads.convert import prepare_data, setup_runtime
     from radlads.export import save_model_into
-    from radlads.model.modeling_radlads import RadladsForCausalLM
     from radlads.teachers import load_teacher
 
     overrides = overrides_from_args(args)
     overrides.update({"teacher": args.teacher, "out": args.out, "stages": [args.stage]})
+    if args.lr is not None:
+        overrides.setdefault(f"stage{args.stage}", {})["lr"] = args.lr
     cfg = load_config(args.preset, args.config, overrides, args.set)
+    student = load_student_dir(args.student)
     setup_runtime(cfg)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     if dist.rank() == 0:
         save_config(cfg, run_dir / "run.yaml")
     teacher, tokenizer = load_teacher(cfg.teacher)
-    if not (Path(args.student) / "config.json").is_file():
-        raise RadladsError(f"student folder not found: {args.student}")
-    student = RadladsForCausalLM.from_pretrained(args.student)
     prepare_data(cfg, teacher, tokenizer, run_dir)
     done = train_stage(args.stage, cfg, teacher, student, tokenizer, run_dir, resume=args.resume,
                        stop_after_steps=args.stop_after_steps)
@@ -301,6 +337,6 @@ def run(args) -> int:
         save_model_into(student, tokenizer, run_dir)
         print(f"stage {args.stage} done: student saved in {run_dir}")
     elif not done and dist.rank() == 0:
-        print(f"stopped early; continue with the same command plus --resume")
+        print("stopped early; continue with the same command plus --resume", file=sys.stderr)
     dist.cleanup()
     return 0
