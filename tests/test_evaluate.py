@@ -1,0 +1,321 @@
+"""`radlads eval`: lm-eval scoring on local files, hand-checked items, RADLADS ratios, bad inputs."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from radlads import evaluate as ev  # noqa: E402
+from radlads.cli import main  # noqa: E402
+from radlads.errors import RadladsError  # noqa: E402
+from radlads.eval_tasks import LOCAL_TASKS, build_task, default_eval_data_dir, wikitext_pages  # noqa: E402
+from radlads.export import save_model  # noqa: E402
+from radlads.loading import load_model  # noqa: E402
+from radlads.testing import tiny_teacher, tiny_tokenizer  # noqa: E402
+from radlads.transfer import build_student  # noqa: E402
+
+REAL_EVAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
+
+WIKI_RAW = """\
+ = Alpha Beta = 
+ Alpha Beta is a band from the north . It formed in 1990 @-@ 91 .
+ = = History = = 
+ The band played , sang and left .
+ = Gamma = 
+ Gamma is a letter . It follows beta .
+"""
+
+FIXTURE = {
+    "lambada_openai/test.jsonl": [
+        {"text": "She put the cup on the table and then drank the tea"},
+        {"text": "He opened the door and saw the garden"},
+    ],
+    "hellaswag/validation.jsonl": [
+        {"activity_label": "Baking", "ctx_a": "A man mixes flour.", "ctx_b": "he",
+         "ctx": "A man mixes flour. he", "endings": ["bakes [title] bread.", "[title] swims far.", "sings  loud.", "runs."],
+         "label": "0"},
+        {"activity_label": "Cooking", "ctx_a": "A woman cuts onions.", "ctx_b": "she",
+         "ctx": "A woman cuts onions. she", "endings": ["cries.", "flies.", "jumps up.", "reads a book."],
+         "label": "2"},
+    ],
+    "piqa/validation.jsonl": [
+        {"goal": "Open a jar", "sol1": "twist the lid", "sol2": "kick the jar", "label": 0},
+        {"goal": "Dry hair", "sol1": "use a towel", "sol2": "use a spoon to dry it", "label": 1},
+        {"goal": "Cool tea", "sol1": "wait a bit", "sol2": "boil it again", "label": 0},
+    ],
+    "arc_easy/test.jsonl": [
+        {"id": "a1", "question": "What melts ice?", "choices": ["heat", "cold", "dark"], "gold": 0},
+        {"id": "a2", "question": "What do plants need?", "choices": ["light", "rocks", "metal", "plastic"],
+         "gold": 0},
+    ],
+    "winogrande/validation.jsonl": [
+        {"sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.",
+         "option1": "Sarah", "option2": "Maria", "answer": "2"},
+        {"sentence": "The cup fell off the shelf because _ was too small.", "option1": "cup",
+         "option2": "shelf", "answer": "2"},
+    ],
+}
+
+
+def _write_eval_data(root: Path) -> Path:
+    for rel, items in FIXTURE.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("".join(json.dumps(i) + "\n" for i in items))
+    (root / "wikitext2_raw_test").mkdir()
+    (root / "wikitext2_raw_test" / "wiki.test.raw").write_text(WIKI_RAW)
+    return root
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    tok = tiny_tokenizer()
+    teacher = root / "teacher"
+    tiny_teacher("llama").save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    student = save_model(build_student(tiny_teacher("llama", seed=1), "rwkv7"), tok, root / "student")
+    data = _write_eval_data(root / "data")
+    return {"teacher": str(teacher), "student": str(student), "data": data, "root": root}
+
+
+def _hand_logprob(model, tok, context: str, continuation: str) -> float:
+    """Sum of log p(continuation tokens) given the context, from one plain forward."""
+    ctx = tok.encode(context, add_special_tokens=False)
+    whole = tok.encode(context + continuation, add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(torch.tensor([whole[:-1]])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    return sum(float(lp[p - 1, whole[p]]) for p in range(len(ctx), len(whole)))
+
+
+# --------------------------------------------------------------------------------------------
+# The command, end to end, on an exported student and a teacher
+# --------------------------------------------------------------------------------------------
+
+
+def test_eval_cli_student_vs_teacher_table_and_json(env, capsys):
+    out_json = env["root"] / "res.json"
+    rc = main(["eval", env["student"], "--teacher", env["teacher"], "--eval-data", str(env["data"]),
+               "--limit", "2", "--batch-size", "3", "--json", str(out_json)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    header = table.splitlines()[0]
+    assert header == "| task | metric | student | teacher | chance | ratio student |"
+    for task, metric in [("lambada_openai", "acc"), ("lambada_openai", "perplexity"), ("hellaswag", "acc_norm"),
+                         ("piqa", "acc"), ("piqa", "acc_norm"), ("arc_easy", "acc"), ("winogrande", "acc"),
+                         ("wikitext", "word_perplexity"), ("wikitext", "byte_perplexity"),
+                         ("wikitext", "bits_per_byte")]:
+        assert re.search(rf"^\| {task} \| {metric} \|", table, re.M), (task, metric)
+    assert "**average**" in table
+    result = json.loads(out_json.read_text())
+    assert result["teacher"] == "teacher" and result["limit"] == 2
+    assert set(result["models"]) == {"student", "teacher"}
+    assert result["models"]["student"]["recurrent"] is True and result["models"]["teacher"]["recurrent"] is False
+    piqa = result["models"]["student"]["tasks"]["piqa"]
+    assert {"metrics", "n", "n_total", "limit", "version", "seconds", "items_per_second", "chance"} <= set(piqa)
+    assert piqa["n"] == 2 and piqa["n_total"] == 3 and piqa["chance"] == 0.5
+    assert piqa["metrics"]["acc"]["stderr"] is not None
+    assert result["models"]["student"]["tasks"]["wikitext"]["n"] == 2  # two articles in the fixture
+    # arc_easy items have 3 and 4 choices: chance is the mean of 1/3 and 1/4
+    assert result["models"]["teacher"]["tasks"]["arc_easy"]["chance"] == pytest.approx((1 / 3 + 1 / 4) / 2)
+    assert "piqa" in result["ratios"]["student"]["per_task"]
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring is lm-eval's: hand-computed items
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_piqa_and_arc_match_hand_computed_loglikelihoods(env, which):
+    from lm_eval.evaluator import evaluate
+
+    model, tok = load_model(env[which])
+    lm = ev.RadladsLM(model, tok, batch_size=2, progress=False)
+    for name, prompt, choices, gold in [
+        ("piqa", lambda d: f"Question: {d['goal']}\nAnswer:", lambda d: [d["sol1"], d["sol2"]], "label"),
+        ("arc_easy", lambda d: f"Question: {d['question']}\nAnswer:", lambda d: d["choices"], "gold"),
+    ]:
+        docs = FIXTURE[f"{name}/{'validation' if name == 'piqa' else 'test'}.jsonl"]
+        out = evaluate(lm=lm, task_dict={name: build_task(name, env["data"])}, bootstrap_iters=10, log_samples=True)
+        samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
+        acc, acc_norm = [], []
+        for doc, sample in zip(docs, samples):
+            lls = [_hand_logprob(model, tok, prompt(doc), " " + c) for c in choices(doc)]
+            got = [r[0][0] for r in sample["resps"]]
+            assert got == pytest.approx(lls, abs=1e-4)
+            acc.append(float(max(range(len(lls)), key=lls.__getitem__) == doc[gold]))
+            norm = [ll / len(c) for ll, c in zip(lls, choices(doc))]
+            acc_norm.append(float(max(range(len(norm)), key=norm.__getitem__) == doc[gold]))
+        assert out["results"][name]["acc,none"] == pytest.approx(sum(acc) / len(acc))
+        assert out["results"][name]["acc_norm,none"] == pytest.approx(sum(acc_norm) / len(acc_norm))
+
+
+def test_requests_lambada_split_winogrande_partial_hellaswag_preprocess(env):
+    """The exact (context, continuation) pairs lm-eval asks for on known items."""
+    from lm_eval.evaluator import evaluate
+
+    model, tok = load_model(env["teacher"])
+    lm = ev.RadladsLM(model, tok, progress=False)
+
+    def arguments(name):
+        out = evaluate(lm=lm, task_dict={name: build_task(name, env["data"])}, limit=1, bootstrap_iters=10,
+                       log_samples=True)
+        return [tuple(a) for a in out["samples"][name][0]["arguments"]]
+
+    assert arguments("lambada_openai") == [("She put the cup on the table and then drank the", " tea")]
+    assert arguments("winogrande") == [
+        ("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
+        ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases."),
+    ]
+    # lm-eval's preprocess: " [title]" -> ". ", other [tags] dropped, one double space collapsed;
+    # ctx_b capitalised.
+    assert arguments("hellaswag") == [("Baking: A man mixes flour. He", f" {e}")
+                                      for e in ["bakes. bread.", " swims far.", "sings loud.", "runs."]]
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_rolling_loglikelihood_and_chunked_scoring(env, which):
+    model, tok = load_model(env[which])
+    lm = ev.RadladsLM(model, tok, batch_size=4, progress=False)
+    page = wikitext_pages_from_text(WIKI_RAW)[0]
+    tokens = tok.encode(page, add_special_tokens=False)
+    seq = torch.tensor([lm.prefix_token_id] + tokens)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(seq[None, :-1]).logits[0].float(), -1)
+    hand = float(lp.gather(-1, seq[1:, None]).sum())
+
+    class Req:
+        args = (page,)
+
+    assert lm.loglikelihood_rolling([Req()])[0] == pytest.approx(hand, rel=1e-5)
+    lm.chunk = 16  # now every request is long: runs through the cache chunk by chunk
+    assert lm.loglikelihood_rolling([Req()])[0] == pytest.approx(hand, rel=1e-5)
+    pairs = [(("", ""), tokens[:10], tokens[10:40]), (("", ""), tokens[:5], tokens[5:8])]
+    lm.chunk = 16
+    chunked = lm._loglikelihood_tokens(pairs)
+    lm.chunk = 512
+    batched = lm._loglikelihood_tokens(pairs)
+    assert [c[0] for c in chunked] == pytest.approx([b[0] for b in batched], abs=1e-4)
+    assert [c[1] for c in chunked] == [b[1] for b in batched]
+
+
+def wikitext_pages_from_text(text: str) -> list[str]:
+    import datasets
+
+    return wikitext_pages(datasets.Dataset.from_dict({"text": text.splitlines()}))["page"]
+
+
+def test_wikitext_pages_split_at_top_level_headings_only():
+    pages = wikitext_pages_from_text(WIKI_RAW)
+    assert len(pages) == 2
+    assert pages[0].startswith(" = Alpha Beta = \n") and " = = History = = " in pages[0]
+    assert pages[1] == " = Gamma = \n Gamma is a letter . It follows beta ."
+
+
+@pytest.mark.skipif(not REAL_EVAL_DATA.is_dir(), reason="shared eval data not beside the repository")
+def test_real_files_load_offline_with_official_counts():
+    counts = {name: len(list(build_task(name, REAL_EVAL_DATA).eval_docs))
+              for name in ["piqa", "arc_easy", "winogrande", "wikitext"]}
+    # wikitext: the 62 articles of EleutherAI/wikitext_document_level's wikitext-2 test split
+    assert counts == {"piqa": 1838, "arc_easy": 2376, "winogrande": 1267, "wikitext": 62}
+
+
+# --------------------------------------------------------------------------------------------
+# RADLADS ratios
+# --------------------------------------------------------------------------------------------
+
+
+def _result(task, chance, **metrics):
+    return ev.TaskResult(task=task, metrics={k: {"value": v[0], "stderr": v[1]} for k, v in metrics.items()},
+                         n=100, n_total=100, version=1.0, chance=chance, seconds=1.0, source="test")
+
+
+def test_ratios_average_and_near_chance_exclusion():
+    teacher = {
+        "piqa": _result("piqa", 0.5, acc=(0.70, 0.01), acc_norm=(0.72, 0.01)),
+        "hellaswag": _result("hellaswag", 0.25, acc=(0.40, 0.01), acc_norm=(0.45, 0.01)),
+        "winogrande": _result("winogrande", 0.5, acc=(0.52, 0.014)),  # 0.02 < 3 * 0.014: near chance
+        "lambada_openai": _result("lambada_openai", 0.0, acc=(0.40, 0.01), perplexity=(20.0, 1.0)),
+        "wikitext": _result("wikitext", None, word_perplexity=(30.0, None)),
+    }
+    student = {
+        "piqa": _result("piqa", 0.5, acc=(0.65, 0.01), acc_norm=(0.62, 0.01)),
+        "hellaswag": _result("hellaswag", 0.25, acc=(0.35, 0.01), acc_norm=(0.40, 0.01)),
+        "winogrande": _result("winogrande", 0.5, acc=(0.51, 0.014)),
+        "lambada_openai": _result("lambada_openai", 0.0, acc=(0.30, 0.01), perplexity=(30.0, 1.0)),
+        "wikitext": _result("wikitext", None, word_perplexity=(40.0, None)),
+    }
+    r = ev.compute_ratios(student, teacher)
+    assert r["per_task"]["piqa"]["acc"] == pytest.approx(0.75)
+    assert r["per_task"]["piqa"]["acc_norm"] == pytest.approx(0.12 / 0.22)
+    assert r["per_task"]["hellaswag"]["acc_norm"] == pytest.approx(0.15 / 0.20)
+    assert r["per_task"]["lambada_openai"]["acc"] == pytest.approx(0.75)
+    assert r["per_task"]["winogrande"]["acc"] == pytest.approx(0.5)
+    assert "wikitext" not in r["per_task"]
+    assert r["excluded_near_chance"] == ["winogrande"]
+    # piqa acc and hellaswag acc_norm only: not LAMBADA, not the near-chance winogrande
+    assert r["average"] == pytest.approx((0.75 + 0.75) / 2)
+
+    table = ev.format_table({"s": student, "t": teacher}, "t", {"s": r})
+    assert re.search(r"^\| winogrande \| acc \| .* \| 0\.500 ¹ \|$", table, re.M)
+    assert re.search(r"^\| \*\*average\*\* .*\*\*0\.750\*\* \|$", table, re.M)
+    assert "¹ Teacher within 3 standard errors of chance on winogrande" in table
+    assert re.search(r"^\| wikitext \| word_perplexity \| 40\.0000 \| 30\.0000 \|  \| — \|$", table, re.M)
+
+
+def test_ratio_undefined_when_teacher_exactly_at_chance():
+    assert ev.ratio(0.6, 0.5, 0.5) is None
+    assert ev.near_chance({"value": 0.5, "stderr": None}, 0.5)
+    assert not ev.near_chance({"value": 0.6, "stderr": 0.01}, 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs: one clear line, exit code 2
+# --------------------------------------------------------------------------------------------
+
+
+def _fails(capsys, argv, pattern):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(pattern, err), err
+
+
+def test_bad_inputs(env, capsys, tmp_path, monkeypatch):
+    data = str(env["data"])
+    _fails(capsys, ["eval", env["teacher"], "--limit", "0", "--eval-data", data], r"--limit must be >= 1")
+    _fails(capsys, ["eval", env["teacher"], "--eval-data", str(tmp_path / "nope")], r"--eval-data folder not found")
+    _fails(capsys, ["eval", env["teacher"], "--tasks", "piqa", "--eval-data", str(tmp_path)],
+           r"eval file for piqa not found: .*piqa/validation.jsonl")
+    no_weights = tmp_path / "empty_student"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps({"model_type": "radlads"}))
+    _fails(capsys, ["eval", str(no_weights), "--tasks", "piqa", "--eval-data", data], r"no \*\.safetensors")
+    _fails(capsys, ["eval", env["teacher"], "--tasks", " , ", "--eval-data", data], r"--tasks is empty")
+
+    # A name lm-eval does not know either (the full lm-eval index is slow to build: stand it in).
+    class FakeManager:
+        all_tasks = ["mmlu", "arc_challenge"]
+
+    monkeypatch.setattr(ev, "_task_manager", lambda hub: FakeManager())
+    _fails(capsys, ["eval", env["teacher"], "--tasks", "piqa,hellaswagg", "--eval-data", data],
+           r"unknown task hellaswagg; local tasks: lambada_openai, hellaswag, piqa, arc_easy, winogrande, wikitext")
+    assert ev.parse_tasks("piqa,arc_challenge") == ["piqa", "arc_challenge"]  # hub names pass through
+
+
+def test_default_eval_data_dir(tmp_path):
+    (tmp_path / "shared" / "data" / "eval").mkdir(parents=True)
+    (tmp_path / "proj").mkdir()
+    assert default_eval_data_dir(cwd=tmp_path / "proj", repo_root=tmp_path / "x") == \
+        (tmp_path / "shared" / "data" / "eval").resolve()
+    assert default_eval_data_dir(cwd=tmp_path / "x" / "y", repo_root=tmp_path / "proj") == \
+        (tmp_path / "shared" / "data" / "eval").resolve()
+    with pytest.raises(RadladsError, match="no eval data folder at .*; pass --eval-data DIR"):
+        default_eval_data_dir(cwd=tmp_path / "a" / "b", repo_root=tmp_path / "c" / "d")
+    assert set(LOCAL_TASKS) == {"lambada_openai", "hellaswag", "piqa", "arc_easy", "winogrande", "wikitext"}
