@@ -42,6 +42,7 @@ NEAR_CHANCE_STDERRS = 3.0
 # Bootstrap resamples for stderrs that have no closed form (lambada perplexity); lm-eval's default
 # of 100,000 takes minutes on a CPU and only refines an error bar. Means keep their exact stderr.
 DEFAULT_BOOTSTRAP = 1000
+FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,9 +264,19 @@ def _build_task(name: str, data_dir: Path | None):
     from radlads.eval_tasks import LOCAL_TASKS, build_task
 
     if name in LOCAL_TASKS:
-        return {name: build_task(name, data_dir)}
-    loaded = _task_manager([name]).load([name])
-    return dict(loaded["tasks"])
+        tasks = {name: build_task(name, data_dir)}
+    else:
+        try:
+            tasks = dict(_task_manager([name]).load([name])["tasks"])
+        except Exception as e:  # noqa: BLE001 - datasets/hub raise many types (offline, gated, missing)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RadladsError(f"cannot load lm-eval task {name} from the Hugging Face hub: {first}") from e
+    for task in tasks.values():
+        # As lm-eval's simple_evaluate: zero-shot unless the task sets its own shots, seeded sampling.
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=FEWSHOT_SEED)
+    return tasks
 
 
 def _metrics(entry: dict) -> dict[str, dict[str, float | None]]:
@@ -494,9 +505,13 @@ def run(args) -> int:
     _quiet_libraries()
     tasks = parse_tasks(args.tasks)
     data_dir = _resolve_data_dir(args.eval_data, tasks)
-    for name in tasks:  # fail on a missing file before spending minutes on the first model
-        if name in LOCAL_TASKS and not (data_dir / LOCAL_TASKS[name].data_file).is_file():
-            raise RadladsError(f"eval file for {name} not found: {data_dir / LOCAL_TASKS[name].data_file}")
+    # Tasks are built once, before any model: a missing file or an unreachable hub fails in seconds,
+    # and every model is scored on the same documents (lm-eval rebuilds requests per evaluation).
+    built: dict[str, tuple[Any, str]] = {}
+    for name in tasks:
+        source = f"local:{data_dir / LOCAL_TASKS[name].data_file}" if name in LOCAL_TASKS else "lm-eval hub"
+        for leaf, task in _build_task(name, data_dir).items():
+            built[leaf] = (task, source)
 
     specs = list(args.models) + ([args.teacher] if args.teacher else [])
     labels: list[str] = []
@@ -514,13 +529,11 @@ def run(args) -> int:
         model_info[label] = {"spec": spec, "role": "teacher" if label == teacher_label else "model",
                              "recurrent": lm.recurrent, "load_seconds": time.perf_counter() - t0}
         results[label] = {}
-        for name in tasks:
-            source = f"local:{data_dir / LOCAL_TASKS[name].data_file}" if name in LOCAL_TASKS else "lm-eval hub"
-            for leaf, task in _build_task(name, data_dir).items():
-                res = evaluate_task(lm, leaf, task, args.limit, args.bootstrap_iters, source)
-                results[label][leaf] = res
-                print(f"{label} {leaf}: {res.n} items in {res.seconds:.1f} s ({res.items_per_second:.2f} items/s)",
-                      file=sys.stderr)
+        for leaf, (task, source) in built.items():
+            res = evaluate_task(lm, leaf, task, args.limit, args.bootstrap_iters, source)
+            results[label][leaf] = res
+            print(f"{label} {leaf}: {res.n} items in {res.seconds:.1f} s ({res.items_per_second:.2f} items/s)",
+                  file=sys.stderr)
         del lm, model
 
     ratios = {}
