@@ -304,7 +304,7 @@ def test_bad_inputs(env, capsys, tmp_path, monkeypatch):
     class FakeManager:
         all_tasks = ["mmlu", "arc_challenge"]
 
-    monkeypatch.setattr(ev, "_task_manager", lambda hub: FakeManager())
+    monkeypatch.setattr(ev, "_task_manager", lambda: FakeManager())
     _fails(capsys, ["eval", env["teacher"], "--tasks", "piqa,hellaswagg", "--eval-data", data],
            r"unknown task hellaswagg; local tasks: lambada_openai, hellaswag, piqa, arc_easy, winogrande, wikitext")
     assert ev.parse_tasks("piqa,arc_challenge") == ["piqa", "arc_challenge"]  # hub names pass through
@@ -320,3 +320,19 @@ def test_default_eval_data_dir(tmp_path):
     with pytest.raises(RadladsError, match="no eval data folder at .*; pass --eval-data DIR"):
         default_eval_data_dir(cwd=tmp_path / "a" / "b", repo_root=tmp_path / "c" / "d")
     assert set(LOCAL_TASKS) == {"lambada_openai", "hellaswag", "piqa", "arc_easy", "winogrande", "wikitext"}
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_generate_until_is_greedy_and_stops(env, which):
+    """Hub tasks that generate get greedy text, cut at the first stop string."""
+    model, tok = load_model(env[which])
+    lm = ev.RadladsLM(model, tok, progress=False)
+
+    class Req:
+        args = ("The cat", {"until": ["e"], "max_gen_toks": 6})
+
+    text = lm.generate_until([Req()])[0]
+    ids = torch.tensor([tok.encode("The cat", add_special_tokens=False)])
+    full = tok.decode(model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)[0, ids.shape[1]:],
+                      skip_special_tokens=True)
+    assert text == full.split("e")[0]

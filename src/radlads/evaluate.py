@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lm_eval.api.model import TemplateLM
 
 from radlads.errors import RadladsError
 from radlads.ppl import DEFAULT_CHUNK, DTYPES, is_recurrent, target_logprobs
@@ -50,13 +52,16 @@ FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 # --------------------------------------------------------------------------------------------
 
 
-def _lm_base():
-    from lm_eval.api.model import TemplateLM
+def _context_length(model, tokenizer) -> int:
+    """A teacher's context, by HFLM's rule (config, then tokenizer, then 2048)."""
+    try:
+        from lm_eval.models.utils import resolve_max_length
+    except ImportError:  # older lm-eval: the rule's main case, inline
+        return int(getattr(model.config, "max_position_embeddings", None) or 2048)
+    return int(resolve_max_length(model.config, tokenizer, default=2048))
 
-    return TemplateLM
 
-
-class RadladsLM(_lm_base()):
+class RadladsLM(TemplateLM):
     """Any loaded causal LM (teacher or student) as an lm-eval model."""
 
     def __init__(self, model, tokenizer, batch_size: int = 8, chunk: int = DEFAULT_CHUNK, progress: bool = True):
@@ -68,6 +73,7 @@ class RadladsLM(_lm_base()):
         self.desc = "requests"  # progress-bar label, set per task by the caller
         self.recurrent = is_recurrent(model)
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._max_length = None if self.recurrent else _context_length(model, tokenizer)
 
     # -- tokenization, as lm-eval's HFLM -----------------------------------------------------
     @property
@@ -82,17 +88,12 @@ class RadladsLM(_lm_base()):
     @property
     def max_length(self) -> int | None:
         """Context limit in tokens; None for a student, which has none."""
-        if self.recurrent:
-            return None
-        try:
-            from lm_eval.models.utils import resolve_max_length
-        except ImportError:  # older lm-eval: the same rule, inline
-            return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
-        return int(resolve_max_length(self.model.config, self.tokenizer, default=2048))
+        return self._max_length
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
-        if add_special_tokens is None and string.startswith(self.tokenizer.decode(self.prefix_token_id)):
+        bos_text = self.tokenizer.decode(self.prefix_token_id)
+        if add_special_tokens is None and bos_text and string.startswith(bos_text):
             kw["add_special_tokens"] = False  # the text already carries its BOS
         return self.tokenizer.encode(string, **kw)
 
@@ -122,10 +123,11 @@ class RadladsLM(_lm_base()):
             if self.max_length is not None:
                 tokens = tokens[-(self.max_length + 1):]  # HFLM's left truncation for a teacher
             items.append((tokens, min(len(continuation_enc), len(tokens) - 1)))
-        results: list[tuple[float, bool] | None] = [None] * len(items)
+        # An empty continuation has probability 1; nothing to run.
+        results: list[tuple[float, bool] | None] = [(0.0, True) if n == 0 else None for _, n in items]
         # Longest first, as lm-eval: similar lengths share a batch (little padding), memory peaks early.
-        order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
-        with self._progress(len(items)) as bar:
+        order = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -len(items[i][0]))
+        with self._progress(len(order)) as bar:
             pos = 0
             while pos < len(order):
                 if len(items[order[pos]][0]) > self.chunk:
@@ -197,7 +199,8 @@ class RadladsLM(_lm_base()):
                 max_new = int(gen_kwargs.pop("max_gen_toks", 256))
                 ids = torch.tensor([self.tok_encode(context)])
                 gen = self.model.generate(ids, max_new_tokens=max_new, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id or self.eot_token_id)
+                                          pad_token_id=self.eot_token_id if self.tokenizer.pad_token_id is None
+                                          else self.tokenizer.pad_token_id)
                 text = self.tok_decode(gen[0, ids.shape[1]:].tolist())
                 for stop in until:
                     if stop:
@@ -238,7 +241,7 @@ def parse_tasks(text: str) -> list[str]:
         raise RadladsError(f"--tasks is empty; local tasks: {', '.join(LOCAL_TASKS)}")
     hub = [n for n in names if n not in LOCAL_TASKS]
     if hub:
-        known = set(_task_manager(hub).all_tasks)
+        known = set(_task_manager().all_tasks)
         unknown = [n for n in hub if n not in known]
         if unknown:
             raise RadladsError(f"unknown task {', '.join(unknown)}; local tasks: {', '.join(LOCAL_TASKS)} "
@@ -246,17 +249,12 @@ def parse_tasks(text: str) -> list[str]:
     return names
 
 
-_TASK_MANAGERS: dict[bool, Any] = {}
-
-
-def _task_manager(hub_tasks) -> Any:
-    """lm-eval's task index: the full one only when a hub task is asked for (it takes seconds to build)."""
+@functools.lru_cache(maxsize=1)
+def _task_manager() -> Any:
+    """lm-eval's index of its own task configs: built only when a hub task is asked for (takes seconds)."""
     from lm_eval.tasks import TaskManager
 
-    full = bool(hub_tasks)
-    if full not in _TASK_MANAGERS:
-        _TASK_MANAGERS[full] = TaskManager(include_defaults=full)
-    return _TASK_MANAGERS[full]
+    return TaskManager()
 
 
 def _build_task(name: str, data_dir: Path | None):
@@ -267,7 +265,7 @@ def _build_task(name: str, data_dir: Path | None):
         tasks = {name: build_task(name, data_dir)}
     else:
         try:
-            tasks = dict(_task_manager([name]).load([name])["tasks"])
+            tasks = dict(_task_manager().load([name])["tasks"])
         except Exception as e:  # noqa: BLE001 - datasets/hub raise many types (offline, gated, missing)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RadladsError(f"cannot load lm-eval task {name} from the Hugging Face hub: {first}") from e
