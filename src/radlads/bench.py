@@ -1,0 +1,521 @@
+"""`radlads bench`: prefill speed, decode speed, peak memory and cache size per context length.
+
+For each model and context length L:
+  - prefill: L random token ids (seeded; the content does not change the cost of either kind of
+    model) go through the model, in one forward by default or in --prefill-chunk pieces through
+    the cache; reported as tokens/s.
+  - decode: --decode-tokens greedy steps, each one token through the cache (the student's
+    recurrent state, the teacher's KV cache) left by that prefill; reported as the median ms/token.
+  - state bytes: the size of that cache after prefill (student: the fixed recurrent state plus
+    the KV of any softmax layers it kept; teacher: every layer's K and V tensors).
+  - peak RSS: the process's resident-set high-water mark (Linux VmHWM) over prefill + decode.
+    Each (model, context) runs in a fresh worker process that loads the model, warms it up, and
+    resets VmHWM (`echo 5 > /proc/self/clear_refs`) just before measuring, so the peak includes
+    the resident weights but neither the load nor any other context. Where the reset is not
+    allowed, a thread samples RSS every millisecond instead (it can miss very short spikes).
+    --in-process measures every context in this process instead: faster, but memory the allocator
+    keeps from one context may show up in the next one's peak.
+
+A teacher is not run on contexts longer than its max_position_embeddings (noted, not an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from radlads.errors import RadladsError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FLATNESS_TARGET = 1.15  # student decode max/min across contexts: within 15%
+SPEEDUP_TARGET = 5.0  # student decode speedup over the teacher at the largest context
+WARMUP_TOKENS = 16  # a short forward before measuring, so one-time initialisation is not timed
+CONTEXT_SEED = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Model-agnostic pieces (also used by passkey and generate)
+# --------------------------------------------------------------------------------------------
+
+
+def is_recurrent(model) -> bool:
+    return getattr(model.config, "model_type", None) == "radlads"
+
+
+def context_limit(model) -> int | None:
+    """Longest context a model is meant for: None for a recurrent student (no limit)."""
+    if is_recurrent(model):
+        return None
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def forward_cached(model, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 1):
+    """(logits of the last positions, updated cache) for a student or a transformers teacher.
+
+    Both take the state as `cache` (transformers >= 5; `past_key_values` before) and return it as
+    `out.cache` / `out.past_key_values`.
+    """
+    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
+    new_cache = out.get("cache")
+    if new_cache is None:
+        new_cache = out.get("past_key_values")
+    return out.logits, new_cache
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes held by a decoding cache: RadladsCache.nbytes(), or a transformers cache's K/V tensors."""
+    if cache is None:
+        return 0
+    if callable(getattr(cache, "nbytes", None)):
+        return int(cache.nbytes())
+    if hasattr(cache, "layers"):
+        total = 0
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+    if isinstance(cache, (tuple, list)):  # legacy tuple-of-tuples KV cache
+        return sum(cache_nbytes(x) if not isinstance(x, torch.Tensor) else x.numel() * x.element_size() for x in cache)
+    raise TypeError(f"cannot size a cache of type {type(cache).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: resident-set high-water mark
+# --------------------------------------------------------------------------------------------
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def current_rss() -> int:
+    kb = _status_kb("VmRSS")
+    if kb is not None:
+        return kb * 1024
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class PeakRSS:
+    """Resident-set high-water mark over a `with` block (see the module docstring for the method)."""
+
+    def __init__(self, sample_interval: float = 0.001):
+        self.interval = sample_interval
+        self.method = ""
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        gc.collect()
+        self.start_rss = current_rss()
+        if self._reset_hwm():
+            self.method = "VmHWM reset via /proc/self/clear_refs"
+        else:
+            self.method = f"RSS sampled every {self.interval * 1000:g} ms"
+            self.peak = self.start_rss
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, current_rss())
+        else:
+            self.peak = (_status_kb("VmHWM") or 0) * 1024
+        return False
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # 5 = reset the peak resident set size (Linux >= 4.0)
+        except OSError:
+            return False
+        hwm, rss = _status_kb("VmHWM"), _status_kb("VmRSS")
+        # A successful reset leaves the high-water mark at (about) the current RSS.
+        return hwm is not None and rss is not None and hwm <= rss * 1.05 + 1024
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, current_rss())
+
+
+# --------------------------------------------------------------------------------------------
+# One measurement
+# --------------------------------------------------------------------------------------------
+
+
+def random_context(vocab_size: int, length: int, seed: int = CONTEXT_SEED) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (1, length), generator=g)
+
+
+def _vocab_size(model) -> int:
+    return int(model.get_input_embeddings().num_embeddings)
+
+
+@torch.no_grad()
+def measure_context(model, context: int, decode_tokens: int, prefill_chunk: int = 0) -> dict:
+    """Prefill `context` random tokens, then decode greedily; timings, cache size and peak RSS."""
+    vocab = _vocab_size(model)
+    forward_cached(model, random_context(vocab, WARMUP_TOKENS, seed=CONTEXT_SEED + 1))  # warm-up
+    ids = random_context(vocab, context)
+    chunk = prefill_chunk if prefill_chunk > 0 else context
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        cache = None
+        for c0 in range(0, context, chunk):
+            logits, cache = forward_cached(model, ids[:, c0 : c0 + chunk], cache)
+        prefill_s = time.perf_counter() - t0
+        state_bytes = cache_nbytes(cache)
+        step_ms = []
+        next_id = logits[:, -1:].argmax(-1)
+        for _ in range(decode_tokens):
+            t0 = time.perf_counter()
+            logits, cache = forward_cached(model, next_id, cache)
+            next_id = logits[:, -1:].argmax(-1)
+            step_ms.append((time.perf_counter() - t0) * 1000)
+        del cache, logits
+    return {
+        "context": context,
+        "prefill_s": prefill_s,
+        "prefill_tokens_per_s": context / prefill_s,
+        "decode_ms_per_token": statistics.median(step_ms),
+        "decode_ms": step_ms,
+        "state_bytes": state_bytes,
+        "peak_rss_bytes": mem.peak,
+        "rss_before_bytes": mem.start_rss,
+        "memory_method": mem.method,
+        "skipped": None,
+    }
+
+
+def skip_reason(limit: int | None, context: int) -> str | None:
+    if limit is not None and context > limit:
+        return f"context {context} > max_position_embeddings {limit}"
+    return None
+
+
+def bench_model(model, contexts: list[int], decode_tokens: int, prefill_chunk: int = 0) -> list[dict]:
+    """Every context for one already-loaded model (the --in-process path)."""
+    limit = context_limit(model)
+    rows = []
+    for context in contexts:
+        reason = skip_reason(limit, context)
+        if reason:
+            rows.append({"context": context, "skipped": reason})
+            continue
+        rows.append(measure_context(model, context, decode_tokens, prefill_chunk))
+        gc.collect()
+    return rows
+
+
+def _model_info(model) -> dict:
+    return {
+        "recurrent": is_recurrent(model),
+        "model_type": getattr(model.config, "model_type", None),
+        "context_limit": context_limit(model),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Worker processes: one per (model, context)
+# --------------------------------------------------------------------------------------------
+
+
+def _worker(job_file: str) -> int:
+    """Entry point of `python -m radlads.bench JOB.json`: measure one context, write the result."""
+    job = json.loads(Path(job_file).read_text())
+    try:
+        if job.get("threads"):
+            torch.set_num_threads(job["threads"])
+        from radlads.loading import load_model
+
+        model, _ = load_model(job["spec"], DTYPES[job["dtype"]])
+        result = {"info": _model_info(model), "threads": torch.get_num_threads()}
+        reason = skip_reason(result["info"]["context_limit"], job["context"])
+        if reason:
+            result["row"] = {"context": job["context"], "skipped": reason}
+        else:
+            result["row"] = measure_context(model, job["context"], job["decode_tokens"], job["prefill_chunk"])
+    except RadladsError as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    Path(job["out"]).write_text(json.dumps(result))
+    return 0
+
+
+def _run_worker(spec: str, context: int, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="radlads-bench-") as tmp:
+        job = {
+            "spec": spec, "context": context, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
+            "threads": args.threads, "prefill_chunk": args.prefill_chunk, "out": str(Path(tmp) / "result.json"),
+        }
+        job_file = Path(tmp) / "job.json"
+        job_file.write_text(json.dumps(job))
+        proc = subprocess.run([sys.executable, "-m", "radlads.bench", str(job_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            last = lines[-1] if lines else f"exit code {proc.returncode}"
+            if proc.returncode == RadladsError.exit_code:
+                raise RadladsError(last)
+            raise RuntimeError(f"bench worker for {spec} at context {context} failed: {last}")
+        return json.loads(Path(job["out"]).read_text())
+
+
+def bench_spec_subprocess(spec: str, contexts: list[int], args) -> tuple[dict, list[dict], int]:
+    """(model info, rows, threads) for one model spec, each context in a fresh worker process."""
+    info, rows, threads = None, [], None
+    for context in contexts:  # ascending: the first worker tells us the teacher's limit
+        reason = skip_reason(info["context_limit"], context) if info else None
+        if reason:
+            rows.append({"context": context, "skipped": reason})
+            continue
+        result = _run_worker(spec, context, args)
+        info, threads = result["info"], result["threads"]
+        rows.append(result["row"])
+    return info, rows, threads
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f}"
+
+
+def markdown_table(models: list[dict]) -> str:
+    lines = [
+        "| model | context | prefill tok/s | decode ms/token | peak RSS MiB | state/KV MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        for r in m["rows"]:
+            if r.get("skipped"):
+                lines.append(f"| {m['label']} | {r['context']} | – | – | – | skipped: {r['skipped']} |")
+                continue
+            lines.append(
+                f"| {m['label']} | {r['context']} | {r['prefill_tokens_per_s']:,.0f} | "
+                f"{r['decode_ms_per_token']:.2f} | {_mib(r['peak_rss_bytes'])} | {_mib(r['state_bytes'])} |"
+            )
+    return "\n".join(lines)
+
+
+def _measured(rows: list[dict]) -> dict[int, dict]:
+    return {r["context"]: r for r in rows if not r.get("skipped")}
+
+
+def summarize(models: list[dict]) -> dict:
+    """Decode flatness (max/min ms/token across contexts) per model; speedup of MODEL over --vs."""
+    summary = {"flatness": {}, "flatness_target": FLATNESS_TARGET, "speedup_target": SPEEDUP_TARGET}
+    for m in models:
+        ms = [r["decode_ms_per_token"] for r in _measured(m["rows"]).values()]
+        if len(ms) >= 2:
+            summary["flatness"][m["label"]] = max(ms) / min(ms)
+    if len(models) == 2:
+        main, other = (_measured(m["rows"]) for m in models)
+        common = sorted(set(main) & set(other))
+        if common:
+            c = common[-1]
+            summary["speedup"] = {
+                "context": c,
+                "decode": other[c]["decode_ms_per_token"] / main[c]["decode_ms_per_token"],
+                "prefill": main[c]["prefill_tokens_per_s"] / other[c]["prefill_tokens_per_s"],
+                "state_bytes_ratio": other[c]["state_bytes"] / max(main[c]["state_bytes"], 1),
+            }
+    return summary
+
+
+def summary_lines(models: list[dict], summary: dict, contexts: list[int]) -> list[str]:
+    lines = []
+    for m in models:
+        flat = summary["flatness"].get(m["label"])
+        if flat is None:
+            continue
+        target = ""
+        if m["recurrent"]:
+            ok = "ok" if flat <= FLATNESS_TARGET else "MISSED"
+            target = f" (target <= {FLATNESS_TARGET:.2f}: {ok})"
+        lines.append(f"{m['label']}: decode ms/token max/min across contexts = {flat:.2f}{target}")
+    sp = summary.get("speedup")
+    if sp:
+        note = "" if sp["context"] == max(contexts) else f" (largest context both ran; {max(contexts)} was skipped for one)"
+        ok = "ok" if sp["decode"] >= SPEEDUP_TARGET else "MISSED"
+        lines.append(
+            f"{models[0]['label']} vs {models[1]['label']} at context {sp['context']}{note}: decode "
+            f"speedup {sp['decode']:.2f}x (target >= {SPEEDUP_TARGET:g}x: {ok}), prefill speedup {sp['prefill']:.2f}x, "
+            f"state/KV bytes {sp['state_bytes_ratio']:.1f}x smaller"
+        )
+    elif len(models) == 2:
+        lines.append("no context was measured for both models: no speedup to report")
+    return lines
+
+
+def plot(models: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_ms, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m in models:
+        rows = sorted(_measured(m["rows"]).values(), key=lambda r: r["context"])
+        if not rows:
+            continue
+        x = [r["context"] for r in rows]
+        ax_ms.plot(x, [r["decode_ms_per_token"] for r in rows], marker="o", label=m["label"])
+        ax_mem.plot(x, [r["state_bytes"] / 2**20 for r in rows], marker="o", label=m["label"])
+    for ax, title, ylabel in ((ax_ms, "decode time per token", "ms / token"),
+                              (ax_mem, "state / KV cache after prefill", "MiB")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    ax_mem.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def parse_contexts(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RadladsError(f"--contexts takes comma-separated token counts, e.g. 512,2048, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise RadladsError(f"--contexts values must be positive token counts, got {text!r}")
+    return sorted(set(values))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="student folder or teacher spec (folder, .gguf, preset, hub id)")
+    p.add_argument("--vs", default=None, metavar="TEACHER", help="a second model to compare against (usually the teacher)")
+    p.add_argument("--contexts", default="512,2048,8192,16384", metavar="L,L,...",
+                   help="context lengths in tokens (random token ids)")
+    p.add_argument("--decode-tokens", type=int, default=32, metavar="N", help="greedy decode steps per context")
+    p.add_argument("--prefill-chunk", type=int, default=0, metavar="N",
+                   help="prefill through the cache N tokens at a time (default: one forward)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--in-process", action="store_true",
+                   help="measure all contexts in this process instead of one fresh process each (faster, "
+                   "peak RSS less clean)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the raw numbers here")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="decode ms/token and state bytes vs context")
+
+
+def _check_output(path: str | None, flag: str) -> None:
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise RadladsError(f"{flag} {path}: folder {Path(path).resolve().parent} does not exist")
+
+
+def validate(args) -> list[int]:
+    contexts = parse_contexts(args.contexts)
+    if args.decode_tokens < 1:
+        raise RadladsError(f"--decode-tokens must be >= 1, got {args.decode_tokens}")
+    if args.prefill_chunk < 0:
+        raise RadladsError(f"--prefill-chunk must be >= 0, got {args.prefill_chunk}")
+    if args.threads is not None and args.threads < 1:
+        raise RadladsError(f"--threads must be >= 1, got {args.threads}")
+    _check_output(args.json, "--json")
+    _check_output(args.plot, "--plot")
+    return contexts
+
+
+def check_spec(spec: str) -> None:
+    """Fail fast on a model that does not exist, before any (slow) worker starts."""
+    from radlads.loading import is_student_dir
+
+    if not is_student_dir(spec):
+        from radlads.teachers import resolve_teacher
+
+        resolve_teacher(spec)
+
+
+def run(args) -> int:
+    from radlads.loading import model_label
+
+    contexts = validate(args)
+    specs = [args.model] + ([args.vs] if args.vs else [])
+    for spec in specs:
+        check_spec(spec)
+    models = []
+    for spec in specs:
+        if args.in_process:
+            from radlads.loading import load_model
+
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            model, _ = load_model(spec, DTYPES[args.dtype])
+            info, rows, threads = _model_info(model), bench_model(model, contexts, args.decode_tokens,
+                                                                 args.prefill_chunk), torch.get_num_threads()
+            del model
+            gc.collect()
+        else:
+            info, rows, threads = bench_spec_subprocess(spec, contexts, args)
+        models.append({"label": model_label(spec), "spec": spec, **info, "threads": threads, "rows": rows})
+        for r in rows:
+            if r.get("skipped"):
+                print(f"note: {model_label(spec)} skipped at {r['context']}: {r['skipped']}", file=sys.stderr)
+
+    summary = summarize(models)
+    method = next((r["memory_method"] for m in models for r in m["rows"] if not r.get("skipped")), None)
+    print(markdown_table(models))
+    print()
+    print(f"context = random token ids (seed {CONTEXT_SEED}); decode = median of {args.decode_tokens} greedy steps; "
+          f"dtype {args.dtype}; threads {models[0]['threads']}; peak RSS: "
+          f"{'one process per context' if not args.in_process else 'in-process'}, {method}")
+    for line in summary_lines(models, summary, contexts):
+        print(line)
+
+    if args.json:
+        report = {
+            "contexts": contexts, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
+            "prefill_chunk": args.prefill_chunk, "isolation": "in-process" if args.in_process else "subprocess",
+            "memory_method": method, "context_tokens": f"random ids, seed {CONTEXT_SEED}",
+            "models": models, "summary": summary,
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot(models, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker(sys.argv[1]))
