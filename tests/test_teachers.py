@@ -206,12 +206,15 @@ def test_corrupt_gguf_is_refused(tmp_path, content):
         teachers.load_teacher(str(path))
 
 
-@pytest.mark.parametrize("keep", [40, 0.5, -100])  # inside the header, mid-tensors, last bytes missing
-def test_truncated_gguf_is_refused(tmp_path, keep):
+@pytest.mark.parametrize(
+    "keep,detail",
+    [(30, "damaged header"), (2000, "damaged header|ends inside a string"), (0.5, "truncated"), (-1, "truncated")],
+)
+def test_truncated_gguf_is_refused(tmp_path, keep, detail):
     full = write_gguf(tiny_teacher("llama", vocab_size=264), tmp_path / "full.gguf", "llama").read_bytes()
-    cut = keep if isinstance(keep, int) and keep > 0 else (len(full) + keep if keep < 0 else int(len(full) * keep))
+    cut = int(len(full) * keep) if isinstance(keep, float) else keep % len(full)
     (tmp_path / "t.gguf").write_bytes(full[:cut])
-    with pytest.raises(RadladsError, match="^not a valid GGUF file"):
+    with pytest.raises(RadladsError, match=f"^not a valid GGUF file: .*t.gguf \\(({detail})"):
         teachers.load_teacher(str(tmp_path / "t.gguf"))
 
 
