@@ -73,6 +73,7 @@ def convert(cfg: RunConfig, resume: bool = False, stop_after_steps: int | None =
     setup_runtime(cfg)
     run_dir = Path(cfg.out)
     check_run_dir(run_dir, resume)
+    dist.barrier()  # every rank has looked before rank 0 writes run.yaml
     run_dir.mkdir(parents=True, exist_ok=True)
     if dist.rank() == 0:
         if resume:
