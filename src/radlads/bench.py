@@ -76,6 +76,16 @@ def forward_cached(model, input_ids: torch.Tensor, cache=None, logits_to_keep: i
     return out.logits, new_cache
 
 
+def load_quietly(spec: str, dtype: torch.dtype):
+    """load_model without transformers' per-tensor progress bar, which would clutter the report."""
+    from transformers.utils import logging as hf_logging
+
+    from radlads.loading import load_model
+
+    hf_logging.disable_progress_bar()
+    return load_model(spec, dtype)
+
+
 def cache_nbytes(cache) -> int:
     """Bytes held by a decoding cache: RadladsCache.nbytes(), or a transformers cache's K/V tensors."""
     if cache is None:
@@ -255,9 +265,7 @@ def _worker(job_file: str) -> int:
     try:
         if job.get("threads"):
             torch.set_num_threads(job["threads"])
-        from radlads.loading import load_model
-
-        model, _ = load_model(job["spec"], DTYPES[job["dtype"]])
+        model, _ = load_quietly(job["spec"], DTYPES[job["dtype"]])
         result = {"info": _model_info(model), "threads": torch.get_num_threads()}
         reason = skip_reason(result["info"]["context_limit"], job["context"])
         if reason:
@@ -478,11 +486,9 @@ def run(args) -> int:
     models = []
     for spec in specs:
         if args.in_process:
-            from radlads.loading import load_model
-
             if args.threads:
                 torch.set_num_threads(args.threads)
-            model, _ = load_model(spec, DTYPES[args.dtype])
+            model, _ = load_quietly(spec, DTYPES[args.dtype])
             info, rows, threads = _model_info(model), bench_model(model, contexts, args.decode_tokens,
                                                                  args.prefill_chunk), torch.get_num_threads()
             del model

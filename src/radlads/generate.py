@@ -17,7 +17,7 @@ import time
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from radlads.bench import DTYPES, context_limit
+from radlads.bench import DTYPES, context_limit, load_quietly
 from radlads.errors import RadladsError
 
 
@@ -144,11 +144,9 @@ def validate(args) -> None:
 
 
 def run(args) -> int:
-    from radlads.loading import load_model
-
     validate(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model, tokenizer = load_model(args.model, DTYPES[args.dtype])
+    model, tokenizer = load_quietly(args.model, DTYPES[args.dtype])
     input_ids = encode_prompt(tokenizer, prompt, args.chat, args.system)
     limit = context_limit(model)
     if limit is not None and input_ids.shape[1] + args.max_new_tokens > limit:

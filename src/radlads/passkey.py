@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from radlads.bench import DTYPES, context_limit, skip_reason
+from radlads.bench import DTYPES, context_limit, load_quietly, skip_reason
 from radlads.errors import RadladsError
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -155,10 +155,10 @@ def validate(args) -> tuple[list[int], list[float]]:
 
 
 def run(args) -> int:
-    from radlads.loading import load_model, model_label
+    from radlads.loading import model_label
 
     lengths, depths = validate(args)
-    model, tokenizer = load_model(args.model, DTYPES[args.dtype])
+    model, tokenizer = load_quietly(args.model, DTYPES[args.dtype])
     label = model_label(args.model)
 
     def progress(cell):
