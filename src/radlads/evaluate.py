@@ -7,8 +7,10 @@ data files (radlads.eval_tasks) or, for any other lm-eval task name, straight fr
 `RadladsLM` tokenizes as lm-eval's HFLM does by default (the tokenizer's own special tokens,
 BOS/EOS as the prefix of an empty context, rolling windows of the model's context for a
 teacher). What differs is only how the model runs: a student is recurrent, so it has no context
-limit and reads a long input in one pass, chunk by chunk through its state; and batches are padded
-on the right, which a causal model never sees.
+limit and reads a long input in one pass, chunk by chunk through its state; batches are padded
+on the right, which a causal model never sees; and the choices of one question read their shared
+context once (then continue from copies of its cache), which changes log-probs only at float
+rounding level (~1e-5) but halves the work on hellaswag and arc.
 
 The RADLADS ratio of a student on a task is (student - chance) / (teacher - chance): how much of
 the teacher's above-chance skill the conversion kept.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import inspect
 import json
@@ -25,6 +28,7 @@ import logging
 import math
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ import torch
 from lm_eval.api.model import TemplateLM
 
 from radlads.errors import RadladsError
-from radlads.ppl import DEFAULT_CHUNK, DTYPES, is_recurrent, target_logprobs
+from radlads.ppl import DEFAULT_CHUNK, DTYPES, forward_logits, is_recurrent, target_logprobs
 
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,arc_easy,winogrande,wikitext"
 # Metric whose ratio enters the average, per task (as in the RADLADS paper's tables).
@@ -125,18 +129,30 @@ class RadladsLM(TemplateLM):
             items.append((tokens, min(len(continuation_enc), len(tokens) - 1)))
         # An empty continuation has probability 1; nothing to run.
         results: list[tuple[float, bool] | None] = [(0.0, True) if n == 0 else None for _, n in items]
+        # The choices of one question share their context: it is read once and its cache copied.
+        by_context: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, (tokens, n_cont) in enumerate(items):
+            if results[i] is None:
+                by_context[tuple(tokens[: len(tokens) - n_cont])].append(i)
+        shared = [g for g in by_context.values() if len(g) > 1]
         # Longest first, as lm-eval: similar lengths share a batch (little padding), memory peaks early.
-        order = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -len(items[i][0]))
-        with self._progress(len(order)) as bar:
+        singles = sorted((g[0] for g in by_context.values() if len(g) == 1), key=lambda i: -len(items[i][0]))
+        with self._progress(sum(map(len, shared)) + len(singles)) as bar:
+            for group in shared:
+                context = items[group[0]][0][: len(items[group[0]][0]) - items[group[0]][1]]
+                conts = [items[i][0][len(context):] for i in group]
+                for i, res in zip(group, self._score_shared_context(context, conts)):
+                    results[i] = res
+                bar.update(len(group))
             pos = 0
-            while pos < len(order):
-                if len(items[order[pos]][0]) > self.chunk:
-                    batch = order[pos : pos + 1]  # long inputs go alone, chunked through the cache
+            while pos < len(singles):
+                if len(items[singles[pos]][0]) > self.chunk:
+                    batch = singles[pos : pos + 1]  # long inputs go alone, chunked through the cache
                     tokens, n_cont = items[batch[0]]
                     lp, greedy = target_logprobs(self.model, torch.tensor(tokens), len(tokens) - n_cont, self.chunk)
                     results[batch[0]] = (float(lp.double().sum()), bool(greedy.all()))
                 else:
-                    batch = order[pos : pos + self.batch_size]
+                    batch = singles[pos : pos + self.batch_size]
                     for i, res in zip(batch, self._score_batch([items[i] for i in batch])):
                         results[i] = res
                 pos += len(batch)
@@ -163,6 +179,33 @@ class RadladsLM(TemplateLM):
             lp = torch.log_softmax(logits[row, end - n_cont : end].float(), dim=-1)
             target = torch.tensor(tokens[-n_cont:])
             out.append((float(lp.gather(-1, target[:, None]).double().sum()), bool((lp.argmax(-1) == target).all())))
+        return out
+
+    @torch.no_grad()
+    def _score_shared_context(self, context: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+        """Score several continuations of one context: the context runs once, then the continuations
+        run as a batch from copies of its cache (recurrent state or KV cache)."""
+        logits, cache = forward_logits(self.model, torch.tensor([context]), None, keep=1)
+        first = torch.log_softmax(logits[0, -1].float(), dim=-1)  # predicts each continuation's first token
+        out = []
+        for start in range(0, len(conts), self.batch_size):
+            sub = conts[start : start + self.batch_size]
+            width = max(len(c) for c in sub) - 1
+            if width > 0:
+                branch = copy.deepcopy(cache)
+                branch.reorder_cache(torch.zeros(len(sub), dtype=torch.long))  # batch 1 -> len(sub) copies
+                inputs = torch.zeros(len(sub), width, dtype=torch.long)  # right padding, never seen
+                for row, c in enumerate(sub):
+                    inputs[row, : len(c) - 1] = torch.tensor(c[:-1])
+                rest, _ = forward_logits(self.model, inputs, branch, keep=width)
+            for row, c in enumerate(sub):
+                logprob, greedy = float(first[c[0]]), bool(first.argmax() == c[0])
+                if len(c) > 1:
+                    lp = torch.log_softmax(rest[row, : len(c) - 1].float(), dim=-1)
+                    target = torch.tensor(c[1:])
+                    logprob += float(lp.gather(-1, target[:, None]).double().sum())
+                    greedy = greedy and bool((lp.argmax(-1) == target).all())
+                out.append((logprob, greedy))
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:

@@ -43,8 +43,12 @@ def _forward_params(model) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
 
-def _forward(model, input_ids: torch.Tensor, cache, keep: int):
-    """Logits of the last `keep` positions, and the updated cache (None when not caching)."""
+def forward_logits(model, input_ids: torch.Tensor, cache, keep: int):
+    """Logits of the last `keep` positions, and the updated cache.
+
+    cache=False: one plain forward, no cache kept. cache=None: start a cache (a student's recurrent
+    state, a teacher's KV cache). Otherwise continue from the given cache.
+    """
     params = _forward_params(model)
     kwargs = {}
     if "logits_to_keep" in params:
@@ -80,7 +84,7 @@ def target_logprobs(model, ids: torch.Tensor, start: int, chunk: int = DEFAULT_C
         c1 = min(c0 + chunk, n - 1)
         first = max(c0, start - 1)  # first position in this chunk whose prediction is scored
         keep = c1 - first
-        logits, cache = _forward(model, inputs[c0:c1].unsqueeze(0), cache, max(keep, 1))
+        logits, cache = forward_logits(model, inputs[c0:c1].unsqueeze(0), cache, max(keep, 1))
         if keep <= 0:
             continue  # this chunk only feeds the cache
         lp = torch.log_softmax(logits[0, -keep:].float(), dim=-1)
