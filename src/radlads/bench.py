@@ -466,6 +466,14 @@ def validate(args) -> list[int]:
     return contexts
 
 
+def load_average() -> str:
+    """1/5/15-minute load averages: other processes competing for the cores skew every timing."""
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def check_spec(spec: str) -> None:
     """Fail fast on a model that does not exist, before any (slow) worker starts."""
     from radlads.loading import is_student_dir
@@ -506,7 +514,8 @@ def run(args) -> int:
     print()
     print(f"context = random token ids (seed {CONTEXT_SEED}); decode = median of {args.decode_tokens} greedy steps; "
           f"dtype {args.dtype}; threads {models[0]['threads']}; peak RSS: "
-          f"{'one process per context' if not args.in_process else 'in-process'}, {method}")
+          f"{'one process per context' if not args.in_process else 'in-process'}, {method}; "
+          f"load average {load_average()} (timings are noisy on a busy machine)")
     for line in summary_lines(models, summary, contexts):
         print(line)
 
@@ -515,6 +524,7 @@ def run(args) -> int:
             "contexts": contexts, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
             "prefill_chunk": args.prefill_chunk, "isolation": "in-process" if args.in_process else "subprocess",
             "memory_method": method, "context_tokens": f"random ids, seed {CONTEXT_SEED}",
+            "load_average_after": load_average(), "cpu_count": os.cpu_count(),
             "models": models, "summary": summary,
         }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
