@@ -18,11 +18,12 @@ from .ops_rwkv7 import (
     accumulation_dtype,
     causal_masks,
     chunk_decay_factors,
+    chunked,
     decay_grad,
-    from_chunks,
     initial_state_or_zeros,
+    new_like_input,
+    pad_to_chunks,
     safe_chunk_size,
-    to_chunks,
 )
 
 
@@ -41,17 +42,28 @@ def recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state
 
 
 class _ChunkGLA(torch.autograd.Function):
+    """chunk_gla with a hand-written backward pass; T is a multiple of C here. Layout and naming as
+    in ops_rwkv7._ChunkRWKV7."""
+
     @staticmethod
     def forward(ctx, q, k, v, g, initial_state, scale: float, C: int):
         B, T, H, K = q.shape
         V = v.shape[-1]
         acc, device = accumulation_dtype(q.dtype), q.device
-        N, BH = -(-T // C), B * H
+        N, BH = T // C, B * H
         ctx.dtypes = (q.dtype, k.dtype, v.dtype, g.dtype)
-        q, k, v, g = (to_chunks(x, C, acc).view(N, BH, C, x.shape[-1]) for x in (q, k, v, g))
+        ctx.state_dtype = initial_state.dtype if initial_state is not None else None
+        ctx.shape, ctx.scale = (B, T, H, K, V, C), scale
 
-        up, down, _, mid, to_end = chunk_decay_factors(g, with_prev=False)
-        q_in, k_in = q.mul_(up), k.mul_(down)  # q_i exp(Γ_i - m), k_j exp(m - Γ_j)
+        up, down, mid, to_end = chunk_decay_factors(chunked(g, C), acc)
+        q_in = torch.empty((N, B, H, C, K), dtype=acc, device=device)
+        k_in = torch.empty((N, B, H, C, K), dtype=acc, device=device)
+        v_c = torch.empty((N, B, H, C, V), dtype=acc, device=device)
+        torch.mul(chunked(q, C), up.view(N, B, H, C, K), out=q_in)  # q_i exp(Γ_i - m)
+        torch.mul(chunked(k, C), down.view(N, B, H, C, K), out=k_in)  # k_j exp(m - Γ_j)
+        v_c.copy_(chunked(v, C))
+        q_in, k_in, v = q_in.view(N, BH, C, K), k_in.view(N, BH, C, K), v_c.view(N, BH, C, V)
+
         causal, _ = causal_masks(C, device)
         A = (q_in @ k_in.mT).masked_fill_(~causal, 0.0)  # masked entries may be inf at steep decays
         k_end = k_in * to_end  # k_j exp(Γ_C - Γ_j)
@@ -60,31 +72,29 @@ class _ChunkGLA(torch.autograd.Function):
 
         states = torch.empty((N + 1, BH, K, V), dtype=acc, device=device)
         states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
-        for n in range(N):
-            torch.addcmul(N_add[n], decay[n], states[n], out=states[n + 1])
+        S = states.unbind(0)
+        for n, (d_n, N_n) in enumerate(zip(decay.unbind(0), N_add.unbind(0))):
+            torch.addcmul(N_n, d_n, S[n], out=S[n + 1])
 
         q_tilde = q_in * mid  # q_i exp(Γ_i)
-        O = torch.baddbmm((q_tilde @ states[:N]).flatten(0, 1), A.flatten(0, 1), v.flatten(0, 1)).view(N, BH, C, V)
-        if scale != 1.0:
-            O.mul_(scale)
-        ctx.save_for_backward(q_in, k_in, v, up, down, mid, to_end, A, k_end, decay, states)
-        ctx.shape, ctx.scale = (B, T, H, K, V, C), scale
-        ctx.state_dtype = initial_state.dtype if initial_state is not None else None
-        return from_chunks(O, B, T, ctx.dtypes[0]), states[N].view(B, H, K, V)
+        O = torch.baddbmm((q_tilde @ states[:N]).flatten(0, 1), A.flatten(0, 1), v.flatten(0, 1))
+        o, o_chunked = new_like_input((B, T, H, V), C, ctx.dtypes[0], device)
+        torch.mul(O.view(N, B, H, C, V), scale, out=o_chunked)
+        ctx.save_for_backward(q_in, k_in, q_tilde, v, up, down, mid, to_end, A, k_end, decay, states)
+        return o, states[N].view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, d_o, d_final):
-        q_in, k_in, v, up, down, mid, to_end, A, k_end, decay, states = ctx.saved_tensors
+        q_in, k_in, q_tilde, v, up, down, mid, to_end, A, k_end, decay, states = ctx.saved_tensors
         B, T, H, K, V, C = ctx.shape
-        N, BH = q_in.shape[0], q_in.shape[1]
+        N, BH, acc, device = q_in.shape[0], q_in.shape[1], q_in.dtype, q_in.device
         S = states[:N]
 
-        dO = to_chunks(d_o, C, q_in.dtype).view(N, BH, C, V)
-        if ctx.scale != 1.0:
-            dO.mul_(ctx.scale)
-        d_q_in = (dO @ S.mT).mul_(mid)
-        dS_out = (q_in * mid).mT @ dO
-        causal, _ = causal_masks(C, q_in.device)
+        dO = torch.empty((N, B, H, C, V), dtype=acc, device=device)
+        torch.mul(chunked(d_o, C), ctx.scale, out=dO)
+        dO = dO.view(N, BH, C, V)
+        dS_out = q_tilde.mT @ dO
+        causal, _ = causal_masks(C, device)
         dA = (dO @ v.mT).masked_fill_(~causal, 0.0)
         dv = A.mT @ dO
 
@@ -93,31 +103,41 @@ class _ChunkGLA(torch.autograd.Function):
             G[N].zero_()
         else:
             G[N] = d_final.reshape(BH, K, V)
+        Gs = G.unbind(0)
         for n in range(N - 1, -1, -1):
-            torch.addcmul(dS_out[n], decay[n], G[n + 1], out=G[n])
+            torch.addcmul(dS_out[n], decay[n], Gs[n + 1], out=Gs[n])
         dN = G[1:]
-        d_decay = torch.linalg.vecdot(dN, S)  # [N, BH, K]
+        d_decay = torch.empty((N, BH, K), dtype=acc, device=device)
+        for i in range(0, N, 8):  # blocks keep the temporaries small
+            torch.linalg.vecdot(dN[i : i + 8], S[i : i + 8], out=d_decay[i : i + 8])
         d_k_end = v @ dN.mT
-        dv += k_end @ dN
+        flat_dv = dv.flatten(0, 1)
+        flat_dv.baddbmm_(k_end.flatten(0, 1), dN.flatten(0, 1))
 
-        d_q_in += dA @ k_in
-        d_k_in = dA.mT @ q_in
-        d_k_in.addcmul_(d_k_end, to_end)
-        d_g = d_q_in * q_in - d_k_in * k_in
-        d_g[:, :, -1] += (d_k_end * k_end).sum(-2) + d_decay * decay.squeeze(-1)
+        d_q_in = (dA @ k_in).addcmul_(dO @ S.mT, mid)  # q_tilde = q_in · exp(m)
+        d_k_in = (dA.mT @ q_in).addcmul_(d_k_end, to_end)  # k_end = k_in · exp(Γ_C - m)
+        d_g = d_q_in * q_in
+        d_g -= d_k_in * k_in
+        d_g[:, :, C - 1] += d_k_end.mul_(k_end).sum(-2) + d_decay * decay.squeeze(-1)  # Γ_C
+        d_w = decay_grad(d_g)
+
         dq_dt, dk_dt, dv_dt, dg_dt = ctx.dtypes
-        grads = (
-            from_chunks(d_q_in.mul_(up), B, T, dq_dt),
-            from_chunks(d_k_in.mul_(down), B, T, dk_dt),
-            from_chunks(dv, B, T, dv_dt),
-            from_chunks(decay_grad(d_g), B, T, dg_dt),
-        )
+        grads = []
+        for grad, factor, dtype in ((d_q_in, up, dq_dt), (d_k_in, down, dk_dt), (dv, None, dv_dt), (d_w, None, dg_dt)):
+            out, out_chunked = new_like_input((B, T, H, grad.shape[-1]), C, dtype, device)
+            grad = grad.view(N, B, H, C, grad.shape[-1])
+            if factor is None:
+                out_chunked.copy_(grad)
+            else:
+                torch.mul(grad, factor.view_as(grad), out=out_chunked)
+            grads.append(out)
         d_state = G[0].view(B, H, K, V).to(ctx.state_dtype) if ctx.state_dtype is not None else None
         return (*grads, d_state, None, None)
 
 
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state: bool = False, chunk_size: int = 16):
+    T = q.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     C = safe_chunk_size(g, chunk_size)
-    o, final_state = _ChunkGLA.apply(q, k, v, g, initial_state, float(scale), C)
-    return o, (final_state if output_final_state else None)
+    o, final_state = _ChunkGLA.apply(*pad_to_chunks([q, k, v, g], C), initial_state, float(scale), C)
+    return o[:, :T], (final_state if output_final_state else None)

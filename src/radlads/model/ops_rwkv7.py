@@ -78,74 +78,86 @@ def safe_chunk_size(w: torch.Tensor, chunk_size: int) -> int:
     return chunk_size
 
 
-def to_chunks(x: torch.Tensor, C: int, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, T, H, D] -> [N, B, H, C, D] (chunk-major), zero-padded to N·C steps, in `dtype`.
+def chunked(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, T, H, D] -> [N, B, H, C, D] chunk-major view (T a multiple of C; no copy).
 
-    Chunk-major so that the sequential loop reads and writes contiguous [B·H, ...] blocks; zero
-    log-decay, keys, values, a and b on padded steps leave the state untouched. `out` may be a
-    strided view (two inputs stacked into one buffer), which saves a copy later.
+    Splitting the time axis is always a view. The kernels then read inputs through these views in
+    their first elementwise op, which writes contiguous chunk-major buffers (so the sequential
+    loop reads contiguous [B·H, ...] blocks), and write gradients back the same way.
     """
     B, T, H, D = x.shape
-    full, rem = divmod(T, C)
-    if out is None:
-        out = torch.empty((full + (rem > 0), B, H, C, D), dtype=dtype, device=x.device)
-    if full:
-        out[:full].copy_(x[:, : full * C].reshape(B, full, C, H, D).permute(1, 0, 3, 2, 4))
-    if rem:
-        out[full, :, :, :rem].copy_(x[:, full * C :].permute(0, 2, 1, 3))
-        out[full, :, :, rem:].zero_()
-    return out
+    return x.unflatten(1, (T // C, C)).permute(1, 0, 3, 2, 4)
 
 
-def from_chunks(y: torch.Tensor, B: int, T: int, dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of to_chunks: [N, B·H, C, D] -> [B, T, H, D] in `dtype` (one copy)."""
-    N, BH, C, D = y.shape
-    H = BH // B
-    y = y.view(N, B, H, C, D)
-    out = torch.empty((B, T, H, D), dtype=dtype, device=y.device)
-    full, rem = divmod(T, C)
-    if full:
-        out[:, : full * C].view(B, full, C, H, D).copy_(y[:full].permute(1, 0, 3, 2, 4))
-    if rem:
-        out[:, full * C :].copy_(y[full, :, :, :rem].permute(0, 2, 1, 3))
-    return out
+def pad_to_chunks(xs: list[torch.Tensor], C: int) -> list[torch.Tensor]:
+    """Zero-pad the time axis to a multiple of C (zero log-decay, keys, values, a and b leave the
+    state untouched; padded outputs are dropped by the caller)."""
+    pad = (-xs[0].shape[1]) % C
+    if pad == 0:
+        return xs
+    return [torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)) for x in xs]
 
 
-def chunk_decay_factors(w: torch.Tensor, with_prev: bool = True):
-    """Exponentials of a chunk's cumulative log-decay, all referenced to the chunk middle.
+def new_like_input(x_shape, C: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """An empty [B, T, H, D] tensor and its chunk-major view, to be written through the view."""
+    out = torch.empty(x_shape, dtype=dtype, device=device)
+    return out, chunked(out, C)
 
-    w: [N, BH, C, K] log-decays. With Γ_i = Σ_{j<=i} w_j and m = Γ at the middle step returns
+
+def chunk_decay_factors(w: torch.Tensor, dtype: torch.dtype, with_prev: bool = False):
+    """Exponentials of each chunk's cumulative log-decay, all referenced to the chunk middle.
+
+    w: [N, B, H, C, K] log-decays (a chunked() view). With Γ_i = Σ_{j<=i} w_j within the chunk
+    and m = Γ at the middle step, returns (contiguous, [N, B·H, ...], in `dtype`)
         up      exp(Γ_i - m)          [N, BH, C, K]   (<= e^40 by safe_chunk_size)
+                or, with_prev, [N, BH, 2, C, K] stacking exp(Γ_i - m) and exp(Γ_{i-1} - m)
         down    exp(m - Γ_i)          [N, BH, C, K]   (<= e^40)
-        up_prev exp(Γ_{i-1} - m)      [N, BH, C, K]   (None unless with_prev)
         mid     exp(m)                [N, BH, 1, K]
         to_end  exp(Γ_C - m)          [N, BH, 1, K]
     Intra-chunk decays exp(Γ_i - Γ_j) = up_i · down_j are only ever formed as such products, so
     no factor overflows even at log-decay -5 per step. m cancels out of every result, so the
     backward passes treat it as a constant.
     """
-    C = w.shape[-2]
-    g = w.cumsum(-2)
-    m = g[..., (C - 1) // 2 : (C - 1) // 2 + 1, :]
-    up = (g - m).exp_()
-    up_prev = (g - w).sub_(m).exp_() if with_prev else None
-    return up, up.reciprocal(), up_prev, m.exp(), (g[..., -1:, :] - m).exp_()
+    N, B, H, C, K = w.shape
+    g = torch.empty((N, B, H, C, K), dtype=dtype, device=w.device)
+    g = torch.cumsum(w, dim=-2, dtype=dtype, out=g).view(N, B * H, C, K)
+    m = g[:, :, (C - 1) // 2 : (C - 1) // 2 + 1]
+    if with_prev:
+        stacked = torch.empty((N, B * H, 2, C, K), dtype=dtype, device=w.device)
+        up = torch.sub(g, m, out=stacked[:, :, 0]).exp_()
+        # exp(Γ_{i-1} - m) is the previous step's exp(Γ - m): a shifted copy, no second exp.
+        stacked[:, :, 1, 1:] = up[:, :, :-1]
+        stacked[:, :, 1, :1] = m.neg().exp_()
+    else:
+        up = stacked = (g - m).exp_()
+    return stacked, up.reciprocal(), m.exp(), (g[:, :, -1:] - m).exp_()
 
 
-def decay_grad(d_g: torch.Tensor, d_g_prev: torch.Tensor | None = None) -> torch.Tensor:
-    """Gradient wrt w given gradients wrt Γ_i (inclusive cumsum) and Γ_{i-1} (exclusive one).
+def decay_grad(d_g: torch.Tensor, with_prev: bool = False) -> torch.Tensor:
+    """Gradient wrt the log-decays w of one chunk, from gradients wrt its cumulative sums.
 
-    dw_j = Σ_{i>=j} d_g_i + Σ_{i>j} d_g_prev_i, a reverse cumulative sum along the chunk.
+    d_g: [N, BH, C, K], gradients wrt Γ_i = Σ_{j<=i} w_j; or, with_prev, [N, BH, 2C, K] stacking
+    those and the gradients wrt Γ_{i-1}. Then dw_j = Σ_{i>=j} dΓ_i + Σ_{i>j} dΓ_prev_i: a reverse
+    cumulative sum, done as one matmul with a 0/1 upper-triangular matrix (faster on CPU than
+    flip-cumsum-flip and free of the cancellation in total-minus-prefix).
     """
-    if d_g_prev is None:
-        return d_g.flip(-2).cumsum(-2).flip(-2)
-    total = d_g + d_g_prev
-    return total.flip(-2).cumsum(-2).flip(-2).sub_(d_g_prev)
+    C = d_g.shape[-2] // (2 if with_prev else 1)
+    ones = torch.ones(C, C, dtype=d_g.dtype, device=d_g.device)
+    suffix = torch.cat([ones.triu(), ones.triu(1)], dim=1) if with_prev else ones.triu()
+    return suffix @ d_g
 
 
 def causal_masks(C: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     ones = torch.ones(C, C, dtype=torch.bool, device=device)
     return ones.tril(0), ones.tril(-1)
+
+
+def score_mask(C: int, device) -> torch.Tensor:
+    """True where the stacked [[A_rk, A_rb], [A_ak, A_ab]] scores are zero: r_i reads steps j <= i,
+    the removal a_j only steps m < j."""
+    ones = torch.ones(C, C, dtype=torch.bool, device=device)
+    keep = torch.cat([ones.tril(0).repeat(1, 2), ones.tril(-1).repeat(1, 2)], dim=0)
+    return ~keep
 
 
 def unit_lower_inverse(L: torch.Tensor) -> torch.Tensor:
@@ -174,141 +186,139 @@ def flat(x: torch.Tensor) -> torch.Tensor:
 
 
 class _ChunkRWKV7(torch.autograd.Function):
+    """chunk_rwkv7 with a hand-written backward pass; T is a multiple of C here.
+
+    Tensors inside are chunk-major [N, B·H, ...]. Naming: x_in is x scaled by its decay relative to
+    the chunk middle (r_in = r·exp(Γ - m), k_in = k·exp(m - Γ), ...), so A = r_in k_inᵀ is the
+    decayed score matrix; x_end is scaled to the chunk end; r̃, ã are scaled from the chunk start
+    (they read the incoming state S_n).
+    """
+
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, initial_state, scale: float, C: int):
         B, T, H, K = r.shape
         V = v.shape[-1]
         acc, device = accumulation_dtype(r.dtype), r.device
-        N, BH = -(-T // C), B * H
+        N, BH = T // C, B * H
         ctx.dtypes = (r.dtype, w.dtype, k.dtype, v.dtype, a.dtype, b.dtype)
+        ctx.state_dtype = initial_state.dtype if initial_state is not None else None
+        ctx.shape, ctx.scale = (B, T, H, K, V, C), scale
 
-        # r and a share left-hand roles, k and b right-hand ones: stacking each pair along the
-        # chunk axis turns the four intra-chunk score matrices into one [2C, 2C] matmul.
+        ra_scale, down, mid, to_end = chunk_decay_factors(chunked(w, C), acc, with_prev=True)
+        # r and a play the same (left) role in the scores, k and b the same (right) one; stacking
+        # each pair along the chunk axis makes the four score blocks one [2C, 2C] matmul, and
+        # stacking [V; U] lets one matmul apply both value blocks. Scaling and re-layout happen
+        # in the same elementwise op.
         ra = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
         kb = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
-        vu = torch.empty((N, B, H, 2, C, V), dtype=acc, device=device)  # [V; U], U filled by the scan
-        for x, buf in ((r, ra[..., 0, :, :]), (a, ra[..., 1, :, :]), (k, kb[..., 0, :, :]), (b, kb[..., 1, :, :])):
-            to_chunks(x, C, acc, out=buf)
-        to_chunks(v, C, acc, out=vu[..., 0, :, :])
-        w = to_chunks(w, C, acc).view(N, BH, C, K)
-        ra, kb, vu = ra.view(N, BH, 2, C, K), kb.view(N, BH, 2, C, K), vu.view(N, BH, 2 * C, V)
+        vu = torch.empty((N, B, H, 2, C, V), dtype=acc, device=device)
+        ra_scale_5d = ra_scale.view(N, B, H, 2, C, K)
+        torch.mul(chunked(r, C), ra_scale_5d[:, :, :, 0], out=ra[:, :, :, 0])  # r_i exp(Γ_i - m)
+        torch.mul(chunked(a, C), ra_scale_5d[:, :, :, 1], out=ra[:, :, :, 1])  # a_j exp(Γ_{j-1} - m)
+        down_5d = down.view(N, B, H, C, K)
+        torch.mul(chunked(k, C), down_5d, out=kb[:, :, :, 0])  # k_j exp(m - Γ_j)
+        torch.mul(chunked(b, C), down_5d, out=kb[:, :, :, 1])  # b_j exp(m - Γ_j)
+        vu[:, :, :, 0] = chunked(v, C)
+        ra, kb, vu = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K), vu.view(N, BH, 2 * C, V)
+        ra_tilde = ra * mid  # [r̃; ã]: r_i exp(Γ_i), a_j exp(Γ_{j-1})
 
-        up, down, up_prev, mid, to_end = chunk_decay_factors(w)
-        ra_scale = torch.stack([up, up_prev], dim=2)
-        ra.mul_(ra_scale)  # [r_i exp(Γ_i - m); a_j exp(Γ_{j-1} - m)]
-        kb.mul_(down.unsqueeze(2))  # [k_j exp(m - Γ_j); b_j exp(m - Γ_j)]
-        ra, kb = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K)
-        r_in, a_in = ra[:, :, :C], ra[:, :, C:]
-
-        causal, strict = causal_masks(C, device)
-        mask = torch.cat([torch.cat([causal, causal], 1), torch.cat([strict, strict], 1)], 0)
-        A = (ra @ kb.mT).masked_fill_(~mask, 0.0)  # masked entries may be inf at steep decays
-        A_top, A_ak, A_ab = A[:, :, :C], A[:, :, C:, :C], A[:, :, C:, C:]
-
-        T_inv = unit_lower_inverse(A_ab.contiguous())
-        a_tilde = a_in * mid  # a_j exp(Γ_{j-1})
-        W = T_inv @ a_tilde
-        X = A_ak @ vu[:, :, :C]
-        U_bar = T_inv @ X
+        # Scores [[A_rk, A_rb], [A_ak, A_ab]]: r reads steps <= i, a (the removal) steps < j.
+        mask = score_mask(C, device)
+        A = (ra @ kb.mT).masked_fill_(mask, 0.0)  # masked entries may be inf at steep decays
+        # u_j = S_{j-1}ᵀ a_j solves U = A_ab U + ã S_n + A_ak V, so U = W S_n + Ū with
+        # W = T ã, Ū = (T A_ak) V, T = (I - A_ab)⁻¹. One matmul gives W and T A_ak together.
+        T_inv = unit_lower_inverse(A[:, :, C:, C:].contiguous())
+        W, TA_ak = (T_inv @ torch.cat([ra_tilde[:, :, C:], A[:, :, C:, :C]], dim=-1)).split([K, C], dim=-1)
+        W = W.contiguous()
+        U_bar = TA_ak @ vu[:, :, :C]
         kb_end = kb * to_end  # [k_j exp(Γ_C - Γ_j); b_j exp(Γ_C - Γ_j)]
-        k_end, b_end = kb_end[:, :, :C], kb_end[:, :, C:]
-        N_add = k_end.mT @ vu[:, :, :C]
+        N_add = kb_end[:, :, :C].mT @ vu[:, :, :C]
         decay = (mid * to_end).mT.contiguous()  # exp(Γ_C): [N, BH, K, 1]
 
-        S0 = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
+        # The sequential part: S_{n+1} = exp(Γ_C) S_n + k_endᵀ V + b_endᵀ U_n, U_n = W S_n + Ū.
         states = torch.empty((N + 1, BH, K, V), dtype=acc, device=device)
-        states[0] = S0
-        for n in range(N):
-            U_n = torch.baddbmm(U_bar[n], W[n], states[n])
-            vu[n, :, C:] = U_n
-            torch.baddbmm(torch.addcmul(N_add[n], decay[n], states[n]), b_end[n].mT, U_n, out=states[n + 1])
+        states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
+        S, U_out, b_end_T = states.unbind(0), vu[:, :, C:].unbind(0), kb_end[:, :, C:].mT.unbind(0)
+        for n, (W_n, U_bar_n, d_n, N_n) in enumerate(zip(W.unbind(0), U_bar.unbind(0), decay.unbind(0), N_add.unbind(0))):
+            torch.baddbmm(U_bar_n, W_n, S[n], out=U_out[n])
+            torch.baddbmm(torch.addcmul(N_n, d_n, S[n]), b_end_T[n], U_out[n], out=S[n + 1])
 
-        r_tilde = r_in * mid  # r_i exp(Γ_i)
-        O = torch.baddbmm(flat(r_tilde @ states[:N]), flat(A_top), flat(vu)).view(N, BH, C, V)
-        if scale != 1.0:
-            O.mul_(scale)
-        ctx.save_for_backward(ra, kb, ra_scale, down, mid, to_end, A, T_inv, W, X, U_bar, vu, kb_end, decay, states)
-        ctx.shape, ctx.scale = (B, T, H, K, V, C), scale
-        ctx.state_dtype = initial_state.dtype if initial_state is not None else None
-        final_state = states[N].view(B, H, K, V)
-        return from_chunks(O, B, T, r.dtype), final_state
+        # O = r̃ S_n + A_rk V + A_rb U
+        O = torch.baddbmm(flat(ra_tilde[:, :, :C] @ states[:N]), flat(A[:, :, :C]), flat(vu))
+        o, o_chunked = new_like_input((B, T, H, V), C, ctx.dtypes[0], device)
+        torch.mul(O.view(N, B, H, C, V), scale, out=o_chunked)
+        ctx.save_for_backward(ra, kb, ra_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states)
+        return o, states[N].view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, d_o, d_final):
-        ra, kb, ra_scale, down, mid, to_end, A, T_inv, W, X, U_bar, vu, kb_end, decay, states = ctx.saved_tensors
+        ra, kb, ra_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states = ctx.saved_tensors
         B, T, H, K, V, C = ctx.shape
-        acc = ra.dtype
-        N, BH = ra.shape[0], ra.shape[1]
-        r_in, a_in = ra[:, :, :C], ra[:, :, C:]
-        b_end = kb_end[:, :, C:]
-        A_top = A[:, :, :C]
+        N, BH, acc, device = ra.shape[0], ra.shape[1], ra.dtype, ra.device
         S = states[:N]
 
-        dO = to_chunks(d_o, C, acc).view(N, BH, C, V)
-        if ctx.scale != 1.0:
-            dO.mul_(ctx.scale)
-        # Outputs O = r̃ S_n + [A_rk A_rb] [V; U]
-        d_r_tilde = dO @ S.mT
-        dS_out = (r_in * mid).mT @ dO
-        dA = torch.empty_like(A)
-        causal, strict = causal_masks(C, ra.device)
-        dA[:, :, :C] = dO @ vu.mT
-        dA[:, :, :C, :C].masked_fill_(~causal, 0.0)
-        dA[:, :, :C, C:].masked_fill_(~causal, 0.0)
-        d_vu = A_top.mT @ dO  # [dV (part); dU from the outputs]
+        # [dO; λ], with λ = Tᵀ dU the adjoint of the u-system: everything that multiplied [V; U]
+        # or S_n gets its gradient from one matmul with this stack.
+        d_ol = torch.empty((N, B, H, 2, C, V), dtype=acc, device=device)
+        torch.mul(chunked(d_o, C), ctx.scale, out=d_ol[:, :, :, 0])
+        d_ol = d_ol.view(N, BH, 2 * C, V)
+        dO = d_ol[:, :, :C]
+        dU_out = A[:, :, :C, C:].mT @ dO
+        dS_out = ra_tilde[:, :, :C].mT @ dO
 
-        # The sequential part in reverse: G_n = dL/dS_n.
+        # The sequential part in reverse; G_n = dL/dS_n.
         G = torch.empty_like(states)
         if d_final is None:
             G[N].zero_()
         else:
             G[N] = d_final.reshape(BH, K, V)
-        dU = torch.empty_like(U_bar)
-        d_decay = torch.empty_like(decay)
+        dU = torch.empty_like(dU_out)
+        Gs, dUs, b_end = G.unbind(0), dU.unbind(0), kb_end[:, :, C:].unbind(0)
         for n in range(N - 1, -1, -1):
-            torch.baddbmm(d_vu[n, :, C:], b_end[n], G[n + 1], out=dU[n])
-            d_decay[n] = torch.linalg.vecdot(G[n + 1], states[n]).unsqueeze(-1)
-            torch.baddbmm(torch.addcmul(dS_out[n], decay[n], G[n + 1]), W[n].mT, dU[n], out=G[n])
-        dN = G[1:]
-        dW = dU @ S.mT
-        d_kb_end = vu @ dN.mT  # [dk_end; db_end]
-        d_vu[:, :, :C] += kb_end[:, :, :C] @ dN
+            torch.baddbmm(dU_out[n], b_end[n], Gs[n + 1], out=dUs[n])
+            torch.baddbmm(torch.addcmul(dS_out[n], decay[n], Gs[n + 1]), W[n].mT, dUs[n], out=Gs[n])
+        dN = G[1:]  # gradient wrt the state each chunk produced
 
-        # U_bar = T_inv X and W = T_inv ã with T_inv = (I - A_ab)⁻¹
-        dX = T_inv.mT @ dU
-        d_a_tilde = T_inv.mT @ dW
-        dA_ab = dA[:, :, C:, C:]
-        dA_ab.copy_(torch.baddbmm(flat(dX @ U_bar.mT), flat(d_a_tilde), flat(W.mT)).view(N, BH, C, C))
-        dA_ab.masked_fill_(~strict, 0.0)
-        dA[:, :, C:, :C] = (dX @ vu[:, :, :C].mT).masked_fill_(~strict, 0.0)
-        d_vu[:, :, :C] += A[:, :, C:, :C].mT @ dX
-
-        # Scores A = ra kbᵀ
-        d_ra = dA @ kb
+        d_ol[:, :, C:] = T_inv.mT @ dU  # λ
+        dA = (d_ol @ vu.mT).masked_fill_(score_mask(C, device), 0.0)
+        d_ra = (dA @ kb).addcmul_(d_ol @ S.mT, mid)  # ra_tilde = ra · exp(m)
         d_kb = dA.mT @ ra
-        d_ra[:, :, :C].addcmul_(d_r_tilde, mid)
-        d_ra[:, :, C:].addcmul_(d_a_tilde, mid)
-        d_kb.addcmul_(d_kb_end, to_end)
+        d_kb_end = vu @ dN.mT
+        d_kb.addcmul_(d_kb_end, to_end)  # kb_end = kb · exp(Γ_C - m)
+        dv = A[:, :, :, :C].mT @ d_ol  # A_rkᵀ dO + A_akᵀ λ
+        flat(dv).baddbmm_(flat(kb_end[:, :, :C]), flat(dN))
 
-        # Decays: every scaled tensor x · exp(±(Γ - m)) contributes ±dx·x to dΓ.
-        g_ra = d_ra * ra
+        # Log-decays. A tensor scaled by exp(±(Γ - m)) contributes ±(its grad · itself) to dΓ;
+        # r_in and the k/b terms go to Γ_i, a_in to Γ_{i-1} (rows C.. of d_g).
+        d_g = d_ra * ra
         g_kb = d_kb * kb
-        d_g = g_ra[:, :, :C] - g_kb[:, :, :C] - g_kb[:, :, C:]
-        d_g_last = (d_kb_end * kb_end).sum(-2) + (d_decay * decay).squeeze(-1)
-        d_g[:, :, -1] += d_g_last
-        d_w = decay_grad(d_g, g_ra[:, :, C:])
+        d_g[:, :, :C] -= g_kb[:, :, :C]
+        d_g[:, :, :C] -= g_kb[:, :, C:]
+        d_decay = torch.empty((N, BH, K), dtype=acc, device=device)
+        for i in range(0, N, 8):  # blocks keep the temporaries small
+            torch.linalg.vecdot(dN[i : i + 8], S[i : i + 8], out=d_decay[i : i + 8])
+        d_g[:, :, C - 1] += d_kb_end.mul_(kb_end).sum(-2) + d_decay * decay.squeeze(-1)  # Γ_C
+        d_w = decay_grad(d_g, with_prev=True)
 
-        d_ra.view(N, BH, 2, C, K).mul_(ra_scale)
-        d_kb.view(N, BH, 2, C, K).mul_(down.unsqueeze(2))
+        # Undo the decay scaling and the chunk layout in one op per input.
         dr_dt, dw_dt, dk_dt, dv_dt, da_dt, db_dt = ctx.dtypes
-        grads = (
-            from_chunks(d_ra[:, :, :C], B, T, dr_dt),
-            from_chunks(d_w, B, T, dw_dt),
-            from_chunks(d_kb[:, :, :C], B, T, dk_dt),
-            from_chunks(d_vu[:, :, :C], B, T, dv_dt),
-            from_chunks(d_ra[:, :, C:], B, T, da_dt),
-            from_chunks(d_kb[:, :, C:], B, T, db_dt),
-        )
+        d_ra, d_kb = d_ra.view(N, B, H, 2, C, K), d_kb.view(N, B, H, 2, C, K)
+        ra_scale, down = ra_scale.view(N, B, H, 2, C, K), down.view(N, B, H, C, K)
+        grads = []
+        for grad, factor, dtype in (
+            (d_ra[:, :, :, 0], ra_scale[:, :, :, 0], dr_dt),
+            (d_w.view(N, B, H, C, K), None, dw_dt),
+            (d_kb[:, :, :, 0], down, dk_dt),
+            (dv.view(N, B, H, C, V), None, dv_dt),
+            (d_ra[:, :, :, 1], ra_scale[:, :, :, 1], da_dt),
+            (d_kb[:, :, :, 1], down, db_dt),
+        ):
+            out, out_chunked = new_like_input((B, T, H, grad.shape[-1]), C, dtype, device)
+            if factor is None:
+                out_chunked.copy_(grad)
+            else:
+                torch.mul(grad, factor, out=out_chunked)
+            grads.append(out)
         d_state = G[0].view(B, H, K, V).to(ctx.state_dtype) if ctx.state_dtype is not None else None
         return (*grads, d_state, None, None)
 
@@ -316,6 +326,7 @@ class _ChunkRWKV7(torch.autograd.Function):
 def chunk_rwkv7(
     r, w, k, v, a, b, scale: float = 1.0, initial_state=None, output_final_state: bool = False, chunk_size: int = 16
 ):
+    T = r.shape[1]
     C = safe_chunk_size(w, chunk_size)
-    o, final_state = _ChunkRWKV7.apply(r, w, k, v, a, b, initial_state, float(scale), C)
-    return o, (final_state if output_final_state else None)
+    o, final_state = _ChunkRWKV7.apply(*pad_to_chunks([r, w, k, v, a, b], C), initial_state, float(scale), C)
+    return o[:, :T], (final_state if output_final_state else None)
