@@ -432,6 +432,9 @@ def parse_contexts(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("Contexts are random token ids. Each (model, context) runs in a fresh process whose RSS "
+                "high-water mark is reset after loading, so peak RSS = resident weights + that context's "
+                "prefill and decode. Teachers skip contexts beyond their max_position_embeddings.")
     p.add_argument("model", metavar="MODEL", help="student folder or teacher spec (folder, .gguf, preset, hub id)")
     p.add_argument("--vs", default=None, metavar="TEACHER", help="a second model to compare against (usually the teacher)")
     p.add_argument("--contexts", default="512,2048,8192,16384", metavar="L,L,...",
