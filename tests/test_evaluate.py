@@ -336,3 +336,23 @@ def test_generate_until_is_greedy_and_stops(env, which):
     full = tok.decode(model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)[0, ids.shape[1]:],
                       skip_special_tokens=True)
     assert text == full.split("e")[0]
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_shared_context_path_equals_full_sequences(env, which):
+    """Choices that read their context once, from copies of its cache, score as full sequences do."""
+    model, tok = load_model(env[which])
+    lm = ev.RadladsLM(model, tok, batch_size=2, progress=False)
+    context = tok.encode("Question: which of these is a fruit?\nAnswer:", add_special_tokens=False)
+    conts = [tok.encode(c, add_special_tokens=False) for c in [" apple", " a red brick", " x"]]
+    requests = [(("q", ""), context, c) for c in conts] + [(("r", ""), context[:9], conts[1])]
+    lm.share_context_from = 10**9
+    full = lm._loglikelihood_tokens(requests)
+    lm.share_context_from = 1
+    calls = []
+    real = lm._score_shared_context
+    lm._score_shared_context = lambda ctx, cs: calls.append(len(cs)) or real(ctx, cs)
+    shared = lm._loglikelihood_tokens(requests)
+    assert calls == [3]  # the three choices of the one shared context; the fourth stands alone
+    assert [s[0] for s in shared] == pytest.approx([f[0] for f in full], abs=1e-4)
+    assert [s[1] for s in shared] == [f[1] for f in full]
