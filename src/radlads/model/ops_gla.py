@@ -22,6 +22,7 @@ from .ops_rwkv7 import (
     decay_grad,
     initial_state_or_zeros,
     new_like_input,
+    one_thread,
     pad_to_chunks,
     safe_chunk_size,
 )
@@ -34,9 +35,11 @@ def recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state
     dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     state = initial_state_or_zeros(initial_state, (B, H, K, V), acc, q.device)
     outputs = []
-    for q_t, k_t, v_t, d_t in zip(*(x.to(acc).unbind(1) for x in (q, k, v)), g.to(acc).exp().unbind(1)):
-        state = d_t.unsqueeze(-1) * state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
-        outputs.append((q_t.unsqueeze(-2) @ state).squeeze(-2))
+    steps = zip(*(x.to(acc).unbind(1) for x in (q, k, v)), g.to(acc).exp().unbind(1))
+    with one_thread():
+        for q_t, k_t, v_t, d_t in steps:
+            state = d_t.unsqueeze(-1) * state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+            outputs.append((q_t.unsqueeze(-2) @ state).squeeze(-2))
     o = torch.stack(outputs, dim=1) * scale
     return o.to(dtype), (state if output_final_state else None)
 
@@ -73,8 +76,9 @@ class _ChunkGLA(torch.autograd.Function):
         states = torch.empty((N + 1, BH, K, V), dtype=acc, device=device)
         states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
         S = states.unbind(0)
-        for n, (d_n, N_n) in enumerate(zip(decay.unbind(0), N_add.unbind(0))):
-            torch.addcmul(N_n, d_n, S[n], out=S[n + 1])
+        with one_thread():
+            for n, (d_n, N_n) in enumerate(zip(decay.unbind(0), N_add.unbind(0))):
+                torch.addcmul(N_n, d_n, S[n], out=S[n + 1])
 
         q_tilde = q_in * mid  # q_i exp(Γ_i)
         O = torch.baddbmm((q_tilde @ states[:N]).flatten(0, 1), A.flatten(0, 1), v.flatten(0, 1))
@@ -104,12 +108,14 @@ class _ChunkGLA(torch.autograd.Function):
         else:
             G[N] = d_final.reshape(BH, K, V)
         Gs = G.unbind(0)
-        for n in range(N - 1, -1, -1):
-            torch.addcmul(dS_out[n], decay[n], Gs[n + 1], out=Gs[n])
+        with one_thread():
+            for n in range(N - 1, -1, -1):
+                torch.addcmul(dS_out[n], decay[n], Gs[n + 1], out=Gs[n])
         dN = G[1:]
         d_decay = torch.empty((N, BH, K), dtype=acc, device=device)
-        for i in range(0, N, 8):  # blocks keep the temporaries small
-            torch.linalg.vecdot(dN[i : i + 8], S[i : i + 8], out=d_decay[i : i + 8])
+        with one_thread():  # blocks keep the temporaries small
+            for i in range(0, N, 8):
+                torch.linalg.vecdot(dN[i : i + 8], S[i : i + 8], out=d_decay[i : i + 8])
         d_k_end = v @ dN.mT
         flat_dv = dv.flatten(0, 1)
         flat_dv.baddbmm_(k_end.flatten(0, 1), dN.flatten(0, 1))
