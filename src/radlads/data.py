@@ -386,7 +386,7 @@ class PackedStream:
 
     @property
     def epoch(self) -> int:
-        """Passes over the data started so far, minus one (the reader runs a shuffle buffer ahead)."""
+        """The 0-based pass over the data the reader is in; it runs a chunk and a shuffle buffer ahead."""
         return self._epoch
 
     @property
@@ -456,6 +456,9 @@ class PackedStream:
         return order
 
     def state_dict(self) -> dict:
+        """Where the stream is, as plain JSON: the epoch (with the seed it fixes the file order), file
+        index and line within it, the partial token buffer, the shuffle buffer, the RNG and
+        tokens_emitted; plus a digest of the file list, so a resume on other data is refused."""
         if self.pending:  # mid-chunk: record where the chunk started and how much of it is used
             position, consumed = self._chunk, self._consumed
         else:
