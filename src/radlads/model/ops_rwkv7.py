@@ -243,15 +243,19 @@ class _ChunkRWKV7(torch.autograd.Function):
         torch.mul(chunked(b, C), down_5d, out=kb[:, :, :, 1])  # b_j exp(m - Γ_j)
         vu[:, :, :, 0] = chunked(v, C)
         ra, kb, vu = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K), vu.view(N, BH, 2 * C, V)
-        ra_tilde = ra * mid  # [r̃; ã]: r_i exp(Γ_i), a_j exp(Γ_{j-1})
+        r_tilde = ra[:, :, :C] * mid  # r_i exp(Γ_i)
 
         # Scores [[A_rk, A_rb], [A_ak, A_ab]]: r reads steps <= i, a (the removal) steps < j.
         mask = score_mask(C, device)
         A = (ra @ kb.mT).masked_fill_(mask, 0.0)  # masked entries may be inf at steep decays
         # u_j = S_{j-1}ᵀ a_j solves U = A_ab U + ã S_n + A_ak V, so U = W S_n + Ū with
-        # W = T ã, Ū = (T A_ak) V, T = (I - A_ab)⁻¹. One matmul gives W and T A_ak together.
+        # W = T ã, Ū = (T A_ak) V, T = (I - A_ab)⁻¹ and ã_j = a_j exp(Γ_{j-1}); one matmul gives
+        # W and T A_ak together.
         T_inv = unit_lower_inverse(A[:, :, C:, C:].contiguous())
-        W, TA_ak = (T_inv @ torch.cat([ra_tilde[:, :, C:], A[:, :, C:, :C]], dim=-1)).split([K, C], dim=-1)
+        rhs = torch.empty((N, BH, C, K + C), dtype=acc, device=device)
+        torch.mul(ra[:, :, C:], mid, out=rhs[..., :K])
+        rhs[..., K:] = A[:, :, C:, :C]
+        W, TA_ak = (T_inv @ rhs).split([K, C], dim=-1)
         W = W.contiguous()
         U_bar = TA_ak @ vu[:, :, :C]
         kb_end = kb * to_end  # [k_j exp(Γ_C - Γ_j); b_j exp(Γ_C - Γ_j)]
@@ -264,18 +268,19 @@ class _ChunkRWKV7(torch.autograd.Function):
         with one_thread():
             for n, (W_n, U_bar_n, d_n) in enumerate(zip(W.unbind(0), U_bar.unbind(0), decay.unbind(0))):
                 torch.baddbmm(U_bar_n, W_n, S[n], out=U_out[n])
-                torch.baddbmm(S[n] * d_n, kb_end_T[n], vu_n[n], out=S[n + 1])
+                torch.mul(S[n], d_n, out=S[n + 1])
+                torch.baddbmm(S[n + 1], kb_end_T[n], vu_n[n], out=S[n + 1])
 
         # O = r̃ S_n + A_rk V + A_rb U
-        O = torch.baddbmm(flat(ra_tilde[:, :, :C] @ states[:N]), flat(A[:, :, :C]), flat(vu))
+        O = torch.baddbmm(flat(r_tilde @ states[:N]), flat(A[:, :, :C]), flat(vu))
         o, o_chunked = new_like_input((B, T, H, V), C, ctx.dtypes[0], device)
         torch.mul(O.view(N, B, H, C, V), scale, out=o_chunked)
-        ctx.save_for_backward(ra, kb, ra_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states)
+        ctx.save_for_backward(ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states)
         return o, states[N].view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, d_o, d_final):
-        ra, kb, ra_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states = ctx.saved_tensors
+        ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states = ctx.saved_tensors
         B, T, H, K, V, C = ctx.shape
         N, BH, acc, device = ra.shape[0], ra.shape[1], ra.dtype, ra.device
         S = states[:N]
@@ -287,7 +292,6 @@ class _ChunkRWKV7(torch.autograd.Function):
         d_ol = d_ol.view(N, BH, 2 * C, V)
         dO = d_ol[:, :, :C]
         dU_out = A[:, :, :C, C:].mT @ dO
-        dS_out = ra_tilde[:, :, :C].mT @ dO
 
         # The sequential part in reverse; G_n = dL/dS_n.
         G = torch.empty_like(states)
@@ -297,15 +301,18 @@ class _ChunkRWKV7(torch.autograd.Function):
             G[N] = d_final.reshape(BH, K, V)
         dU = torch.empty_like(dU_out)
         Gs, dUs, b_end = G.unbind(0), dU.unbind(0), kb_end[:, :, C:].unbind(0)
+        r_tilde_T = r_tilde.mT
         with one_thread():
             for n in range(N - 1, -1, -1):
                 torch.baddbmm(dU_out[n], b_end[n], Gs[n + 1], out=dUs[n])
-                torch.baddbmm(torch.addcmul(dS_out[n], decay[n], Gs[n + 1]), W[n].mT, dUs[n], out=Gs[n])
+                torch.mul(Gs[n + 1], decay[n], out=Gs[n])
+                torch.baddbmm(Gs[n], r_tilde_T[n], dO[n], out=Gs[n])
+                torch.baddbmm(Gs[n], W[n].mT, dUs[n], out=Gs[n])
         dN = G[1:]  # gradient wrt the state each chunk produced
 
         d_ol[:, :, C:] = T_inv.mT @ dU  # λ
         dA = (d_ol @ vu.mT).masked_fill_(score_mask(C, device), 0.0)
-        d_ra = (dA @ kb).addcmul_(d_ol @ S.mT, mid)  # ra_tilde = ra · exp(m)
+        d_ra = (dA @ kb).addcmul_(d_ol @ S.mT, mid)  # [r̃; ã] = ra · exp(m)
         d_kb = dA.mT @ ra
         d_kb_end = vu @ dN.mT
         d_kb.addcmul_(d_kb_end, to_end)  # kb_end = kb · exp(Γ_C - m)
