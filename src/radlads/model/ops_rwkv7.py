@@ -234,16 +234,16 @@ class _ChunkRWKV7(torch.autograd.Function):
         # in the same elementwise op.
         ra = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
         kb = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
-        vu = torch.empty((N, B, H, 2, C, V), dtype=acc, device=device)
+        vuo = torch.empty((N, B, H, 3, C, V), dtype=acc, device=device)  # [V; U; r̃ S_n], see the loop
         ra_scale_5d = ra_scale.view(N, B, H, 2, C, K)
         torch.mul(chunked(r, C), ra_scale_5d[:, :, :, 0], out=ra[:, :, :, 0])  # r_i exp(Γ_i - m)
         torch.mul(chunked(a, C), ra_scale_5d[:, :, :, 1], out=ra[:, :, :, 1])  # a_j exp(Γ_{j-1} - m)
         down_5d = down.view(N, B, H, C, K)
         torch.mul(chunked(k, C), down_5d, out=kb[:, :, :, 0])  # k_j exp(m - Γ_j)
         torch.mul(chunked(b, C), down_5d, out=kb[:, :, :, 1])  # b_j exp(m - Γ_j)
-        vu[:, :, :, 0] = chunked(v, C)
-        ra, kb, vu = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K), vu.view(N, BH, 2 * C, V)
-        r_tilde = ra[:, :, :C] * mid  # r_i exp(Γ_i)
+        vuo[:, :, :, 0] = chunked(v, C)
+        ra, kb, vuo = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K), vuo.view(N, BH, 3 * C, V)
+        vu = vuo[:, :, : 2 * C]
 
         # Scores [[A_rk, A_rb], [A_ak, A_ab]]: r reads steps <= i, a (the removal) steps < j.
         mask = score_mask(C, device)
@@ -255,24 +255,30 @@ class _ChunkRWKV7(torch.autograd.Function):
         rhs = torch.empty((N, BH, C, K + C), dtype=acc, device=device)
         torch.mul(ra[:, :, C:], mid, out=rhs[..., :K])
         rhs[..., K:] = A[:, :, C:, :C]
-        W, TA_ak = (T_inv @ rhs).split([K, C], dim=-1)
-        W = W.contiguous()
-        U_bar = TA_ak @ vu[:, :, :C]
+        W_TA_ak = T_inv @ rhs
+        # [W; r̃] with r̃_i = r_i exp(Γ_i): the loop reads the incoming state with both at once.
+        wr = torch.empty((N, BH, 2 * C, K), dtype=acc, device=device)
+        W, r_tilde = wr[:, :, :C], wr[:, :, C:]
+        W.copy_(W_TA_ak[..., :K])
+        torch.mul(ra[:, :, :C], mid, out=r_tilde)
+        vuo[:, :, C : 2 * C] = W_TA_ak[..., K:] @ vu[:, :, :C]  # Ū
+        vuo[:, :, 2 * C :].zero_()
         kb_end = kb * to_end  # [k_j exp(Γ_C - Γ_j); b_j exp(Γ_C - Γ_j)]
         decay = (mid * to_end).mT.contiguous()  # exp(Γ_C): [N, BH, K, 1]
 
-        # The sequential part: U_n = W S_n + Ū, S_{n+1} = exp(Γ_C) S_n + [k_end; b_end]ᵀ [V; U_n].
+        # The sequential part: [U_n; r̃ S_n] = [Ū; 0] + [W; r̃] S_n, then
+        # S_{n+1} = exp(Γ_C) S_n + [k_end; b_end]ᵀ [V; U_n].
         states = torch.empty((N + 1, BH, K, V), dtype=acc, device=device)
         states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
-        S, U_out, kb_end_T, vu_n = states.unbind(0), vu[:, :, C:].unbind(0), kb_end.mT.unbind(0), vu.unbind(0)
+        S, uo, wr_n, kb_end_T, vu_n = states.unbind(0), vuo[:, :, C:].unbind(0), wr.unbind(0), kb_end.mT.unbind(0), vu.unbind(0)
         with one_thread():
-            for n, (W_n, U_bar_n, d_n) in enumerate(zip(W.unbind(0), U_bar.unbind(0), decay.unbind(0))):
-                torch.baddbmm(U_bar_n, W_n, S[n], out=U_out[n])
+            for n, d_n in enumerate(decay.unbind(0)):
+                torch.baddbmm(uo[n], wr_n[n], S[n], out=uo[n])
                 torch.mul(S[n], d_n, out=S[n + 1])
                 torch.baddbmm(S[n + 1], kb_end_T[n], vu_n[n], out=S[n + 1])
 
         # O = r̃ S_n + A_rk V + A_rb U
-        O = torch.baddbmm(flat(r_tilde @ states[:N]), flat(A[:, :, :C]), flat(vu))
+        O = torch.baddbmm(flat(vuo[:, :, 2 * C :]), flat(A[:, :, :C]), flat(vu))
         o, o_chunked = new_like_input((B, T, H, V), C, ctx.dtypes[0], device)
         torch.mul(O.view(N, B, H, C, V), scale, out=o_chunked)
         ctx.save_for_backward(ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states)
