@@ -28,15 +28,17 @@ def distillation_kl(student_logits, teacher_logits, temperature: float = 1.0, to
     renormalised over them and compared with the student's full-vocabulary log-probabilities
     there, which saves the memory of a second full-vocabulary softmax.
     """
-    s = student_logits.float().flatten(0, -2) / temperature
-    t = teacher_logits.float().flatten(0, -2) / temperature
+    s = student_logits.float().flatten(0, -2)
+    t = teacher_logits.float().flatten(0, -2)
+    if temperature != 1.0:  # each division is a full pass over tokens x vocabulary
+        s, t = s / temperature, t / temperature
     log_q = F.log_softmax(s, dim=-1)
     if top_k:
         t, idx = t.topk(top_k, dim=-1)
         log_q = log_q.gather(-1, idx)
     log_p = F.log_softmax(t, dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return kl.mean() * temperature**2
+    kl = F.kl_div(log_q, log_p, reduction="sum", log_target=True) / s.shape[0]
+    return kl * temperature**2
 
 
 def next_token_ce(logits, input_ids) -> torch.Tensor:

@@ -211,7 +211,10 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
     objective = Stage1Objective(teacher, student) if stage == 1 else DistillObjective(teacher, student, s)
     wrapped = dist.wrap(objective, cfg.fsdp)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay)
+    # The fused AdamW kernel is ~3x faster than the multi-tensor one on CPU (a stage 2 step updates
+    # every weight); sharded DTensor parameters take the default path.
+    optimizer = torch.optim.AdamW(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay,
+                                  fused=not dist.is_sharded(student))
 
     seed = cfg.seed * 1000 + stage  # each stage sees its own data order
     stream, valid = (data_factory or (lambda s_, seed_: make_data(cfg, s_, seed_, tokenizer)))(s, seed)
