@@ -117,8 +117,7 @@ class _ChunkGLA(torch.autograd.Function):
             for i in range(0, N, 8):
                 torch.linalg.vecdot(dN[i : i + 8], S[i : i + 8], out=d_decay[i : i + 8])
         d_k_end = v @ dN.mT
-        flat_dv = dv.flatten(0, 1)
-        flat_dv.baddbmm_(k_end.flatten(0, 1), dN.flatten(0, 1))
+        dv.flatten(0, 1).baddbmm_(k_end.flatten(0, 1), dN.flatten(0, 1))
 
         d_q_in = (dA @ k_in).addcmul_(dO @ S.mT, mid)  # q_tilde = q_in · exp(m)
         d_k_in = (dA.mT @ q_in).addcmul_(d_k_end, to_end)  # k_end = k_in · exp(Γ_C - m)

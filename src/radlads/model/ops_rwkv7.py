@@ -13,12 +13,13 @@ of a chunk solve a unit-lower-triangular system,
     U = (I - A_ab)⁻¹ (ã S_0 + A_ak V) = W S_0 + Ū,      ã_j = a_j ⊙ exp(Γ_{j-1}),
 
 where A_ab[j, m] = Σ_c a_jc b_mc exp(Γ_{j-1,c} - Γ_mc) (m < j) and A_ak likewise with k. So all
-intra-chunk work (A's, the inverse, W, Ū) is batched over every chunk at once, and what is left
-sequential is, per chunk,
+intra-chunk work (the A's, the inverse, W, Ū) is batched over every chunk at once, and what is
+left sequential is, per chunk n with incoming state S_n,
 
-    U_n = W_n S_n + Ū_n,      S_{n+1} = exp(Γ_C) ⊙ S_n + k_endᵀ V + b_endᵀ U_n,
+    [U_n; r̃ S_n] = [Ū_n; 0] + [W_n; r̃_n] S_n,      S_{n+1} = exp(Γ_C) ⊙ S_n + [k_end; b_end]ᵀ [V; U_n],
 
-two small matmuls. Outputs are then batched again: O = r̃ S_n + A_rk V + A_rb U_n.
+two small matmuls (r̃_i = r_i exp(Γ_i) is folded in because S_n is in cache there). Outputs are
+then batched again: O = r̃ S_n + A_rk V + A_rb U_n.
 
 The backward pass is written by hand (`_ChunkRWKV7`): autograd over the forward above records a
 few hundred small ops and accumulates gradients of every intermediate, which costs more than
@@ -200,7 +201,7 @@ def unit_lower_inverse(L: torch.Tensor) -> torch.Tensor:
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
-    """[N, BH, ...] -> [N·BH, ...] for baddbmm (a view: every buffer here is contiguous)."""
+    """[N, BH, ...] -> [N·BH, ...] for baddbmm (a view: N and B·H are mergeable in every buffer here)."""
     return x.flatten(0, 1)
 
 
