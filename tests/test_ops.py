@@ -81,6 +81,9 @@ def test_float64_matches_to_double_precision_for_any_chunk(kind, chunk_size):
     assert o.dtype == torch.float64 and s.dtype == torch.float64
     assert rel_err(o, o_ref) < 1e-11 and rel_err(s, s_ref) < 1e-11
     assert all(rel_err(got, want) < 1e-10 for got, want in zip(g, g_ref))
+    with torch.no_grad():  # inference keeps no per-chunk states: a separate code path
+        o_inf, s_inf = chunk(*xs, scale=scale, initial_state=s0, output_final_state=True, chunk_size=chunk_size)
+    assert rel_err(o_inf, o_ref) < 1e-11 and rel_err(s_inf, s_ref) < 1e-11
 
 
 @pytest.mark.parametrize("kind", KERNELS)

@@ -269,9 +269,13 @@ class _ChunkRWKV7(torch.autograd.Function):
 
         # The sequential part: [U_n; r̃ S_n] = [Ū; 0] + [W; r̃] S_n, then
         # S_{n+1} = exp(Γ_C) S_n + [k_end; b_end]ᵀ [V; U_n].
-        states = torch.empty((N + 1, BH, K, V), dtype=acc, device=device)
+        # Every chunk's state is kept for the backward pass; without one (inference) two buffers
+        # take turns, which keeps the loop in cache.
+        keep_states = any(ctx.needs_input_grad)
+        states = torch.empty((N + 1 if keep_states else 2, BH, K, V), dtype=acc, device=device)
         states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
-        S, uo, wr_n, kb_end_T, vu_n = states.unbind(0), vuo[:, :, C:].unbind(0), wr.unbind(0), kb_end.mT.unbind(0), vu.unbind(0)
+        S = states.unbind(0) if keep_states else [states[n % 2] for n in range(N + 1)]
+        uo, wr_n, kb_end_T, vu_n = vuo[:, :, C:].unbind(0), wr.unbind(0), kb_end.mT.unbind(0), vu.unbind(0)
         with one_thread():
             for n, d_n in enumerate(decay.unbind(0)):
                 torch.baddbmm(uo[n], wr_n[n], S[n], out=uo[n])
@@ -283,7 +287,7 @@ class _ChunkRWKV7(torch.autograd.Function):
         o, o_chunked = new_like_input((B, T, H, V), C, ctx.dtypes[0], device)
         torch.mul(O.view(N, B, H, C, V), scale, out=o_chunked)
         ctx.save_for_backward(ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states)
-        return o, states[N].view(B, H, K, V)
+        return o, S[N].view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, d_o, d_final):
