@@ -6,8 +6,9 @@ One time-mix layer: B=1, T=2048, H=9, K=V=64 (hidden 576, 3 KV heads -> k/v proj
 576->192), fp32. Reports forward (no_grad) and forward+backward times for chunk_rwkv7,
 recurrent_rwkv7, chunk_gla, recurrent_gla, the layer's four projection matmuls (r, k, v, o) and
 causal softmax SDPA (9 query heads, 3 KV heads). Each time is the median of --repeats runs after
-one warm-up run; the minimum is reported too, because on a shared machine the median mostly
-measures the neighbours (the load average before and after is printed for that reason).
+one warm-up run, with the cases interleaved round by round; the minimum is reported too, because
+on a shared machine the median mostly measures the neighbours (the load average before and after
+is printed for that reason).
 Targets: chunked <= projections, forward and forward+backward; chunked >= 10x faster than the
 step loop for forward+backward.
 """
@@ -29,14 +30,22 @@ from radlads.ops import chunk_gla, chunk_rwkv7, recurrent_gla, recurrent_rwkv7
 B, H, K, HIDDEN, KV_HEADS = 1, 9, 64, 576, 3
 
 
-def timed(fn, repeats: int) -> dict:
-    fn()  # warm-up: allocator, thread pool, first-touch pages
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs_ms": times}
+def timed_round_robin(cases: dict, repeats: int) -> dict:
+    """{name: {phase: fn}} -> {name: {phase: stats}}, each fn run once (warm-up) then `repeats` times.
+
+    Round-robin rather than case after case: on a shared machine the load drifts over a run, and
+    interleaving makes every case see the same drift, so their ratios stay meaningful.
+    """
+    runs = {name: {phase: [] for phase in phases} for name, phases in cases.items()}
+    for round_ in range(repeats + 1):
+        for name, phases in cases.items():
+            for phase, fn in phases.items():
+                t0 = time.perf_counter()
+                fn()
+                if round_:  # round 0 is the warm-up: allocator, thread pool, first-touch pages
+                    runs[name][phase].append((time.perf_counter() - t0) * 1000)
+    return {name: {phase: {"median_ms": statistics.median(t), "min_ms": min(t), "runs_ms": t}
+                   for phase, t in phases.items()} for name, phases in runs.items()}
 
 
 def rwkv7_inputs(T: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -133,11 +142,16 @@ def main() -> None:
         "projections (r,k,v,o)": projections_case(T),
         "softmax SDPA (causal)": sdpa_case(T),
     }
-    rows = {}
-    for name, (forward, forward_backward) in cases.items():
-        repeats = args.loop_repeats if name.startswith("recurrent") else args.repeats
-        rows[name] = {"forward": timed(forward, repeats), "forward_backward": timed(forward_backward, repeats)}
-        fwd, both = rows[name]["forward"], rows[name]["forward_backward"]
+    def phases(name: str) -> dict:
+        forward, forward_backward = cases[name]
+        return {"forward": forward, "forward_backward": forward_backward}
+
+    loops = [name for name in cases if name.startswith("recurrent")]
+    rows = timed_round_robin({name: phases(name) for name in cases if name not in loops}, args.repeats)
+    rows.update(timed_round_robin({name: phases(name) for name in loops}, args.loop_repeats))
+    rows = {name: rows[name] for name in cases}
+    for name, row in rows.items():
+        fwd, both = row["forward"], row["forward_backward"]
         print(f"{name:24s} fwd {fwd['median_ms']:8.1f} ms (min {fwd['min_ms']:7.1f})   "
               f"fwd+bwd {both['median_ms']:8.1f} ms (min {both['min_ms']:7.1f})", flush=True)
     load_after = os.getloadavg()
