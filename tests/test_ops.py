@@ -138,6 +138,25 @@ def test_bf16_inputs_accumulate_in_fp32_and_return_bf16(kind):
 
 
 @pytest.mark.parametrize("kind", KERNELS)
+def test_bf16_autocast_region_does_not_lower_the_kernels_precision(kind):
+    # Training runs the student under CPU bf16 autocast; the kernels keep fp32 arithmetic there.
+    chunk, recurrent, make, scale = KERNELS[kind]
+    xs = [x.requires_grad_() for x in make(1, 20, 2, 8, 8, -0.606531, torch.float32)]
+    for fn in (chunk, recurrent):
+        ref, ref_state = fn(*xs, scale=scale, output_final_state=True)
+        ref_grads = torch.autograd.grad(ref.sum(), xs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, state = fn(*xs, scale=scale, output_final_state=True)
+            # The chunked kernels' own backward also ignores the region (autograd's ops for the
+            # step loop would not, as for any op: call backward outside autocast).
+            inside = torch.autograd.grad(out.sum(), xs, retain_graph=True) if fn is chunk else ref_grads
+        grads = torch.autograd.grad(out.sum(), xs)
+        assert out.dtype == torch.float32 and state.dtype == torch.float32
+        assert rel_err(out, ref) < 1e-6 and rel_err(state, ref_state) < 1e-6
+        assert all(rel_err(g, want) < 1e-6 for g, want in zip(grads + inside, ref_grads + ref_grads))
+
+
+@pytest.mark.parametrize("kind", KERNELS)
 def test_scale_argument(kind):
     chunk, recurrent, make, _ = KERNELS[kind]
     xs = make(1, 9, 1, 16, 4, -0.5, torch.float64)

@@ -25,6 +25,7 @@ from .ops_rwkv7 import (
     one_thread,
     pad_to_chunks,
     safe_chunk_size,
+    without_autocast,
 )
 
 
@@ -36,7 +37,7 @@ def recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state
     state = initial_state_or_zeros(initial_state, (B, H, K, V), acc, q.device)
     outputs = []
     steps = zip(*(x.to(acc).unbind(1) for x in (q, k, v)), g.to(acc).exp().unbind(1))
-    with one_thread():
+    with one_thread(), torch.autocast(device_type=q.device.type, enabled=False):  # fp32 state, as documented
         for q_t, k_t, v_t, d_t in steps:
             state = d_t.unsqueeze(-1) * state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
             outputs.append((q_t.unsqueeze(-2) @ state).squeeze(-2))
@@ -49,6 +50,7 @@ class _ChunkGLA(torch.autograd.Function):
     in ops_rwkv7._ChunkRWKV7."""
 
     @staticmethod
+    @without_autocast
     def forward(ctx, q, k, v, g, initial_state, scale: float, C: int):
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -88,6 +90,7 @@ class _ChunkGLA(torch.autograd.Function):
         return o, states[N].view(B, H, K, V)
 
     @staticmethod
+    @without_autocast
     def backward(ctx, d_o, d_final):
         q_in, k_in, q_tilde, v, up, down, mid, to_end, A, k_end, decay, states = ctx.saved_tensors
         B, T, H, K, V, C = ctx.shape

@@ -30,6 +30,7 @@ reverse sequential loop plus batched matmuls.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -71,7 +72,7 @@ def recurrent_rwkv7(r, w, k, v, a, b, scale: float = 1.0, initial_state=None, ou
     decay = w.to(acc).exp()
     outputs = []
     steps = zip(*(x.to(acc).unbind(1) for x in (r, k, v, a, b)), decay.unbind(1))
-    with one_thread():
+    with one_thread(), torch.autocast(device_type=r.device.type, enabled=False):  # fp32 state, as documented
         for r_t, k_t, v_t, a_t, b_t, d_t in steps:
             removed = a_t.unsqueeze(-2) @ state  # a_tᵀ S_{t-1}: [B, H, 1, V]
             state = d_t.unsqueeze(-1) * state + b_t.unsqueeze(-1) * removed + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
@@ -200,6 +201,22 @@ def unit_lower_inverse(L: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
+def without_autocast(method):
+    """For autograd.Function forward/backward: run with autocast off on the first tensor's device.
+
+    The kernels choose their own precision (fp32 accumulation, outputs in the input dtype); under
+    a bf16 autocast region their matmuls would otherwise come out bf16 and mix with fp32 buffers.
+    """
+
+    @functools.wraps(method)
+    def wrapper(ctx, *args):
+        device_type = next(x.device.type for x in args if isinstance(x, torch.Tensor))
+        with torch.autocast(device_type=device_type, enabled=False):
+            return method(ctx, *args)
+
+    return wrapper
+
+
 def flat(x: torch.Tensor) -> torch.Tensor:
     """[N, BH, ...] -> [N·BH, ...] for baddbmm (a view: N and B·H are mergeable in every buffer here)."""
     return x.flatten(0, 1)
@@ -219,6 +236,7 @@ class _ChunkRWKV7(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_autocast
     def forward(ctx, r, w, k, v, a, b, initial_state, scale: float, C: int):
         B, T, H, K = r.shape
         V = v.shape[-1]
@@ -290,6 +308,7 @@ class _ChunkRWKV7(torch.autograd.Function):
         return o, S[N].view(B, H, K, V)
 
     @staticmethod
+    @without_autocast
     def backward(ctx, d_o, d_final):
         ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states = ctx.saved_tensors
         B, T, H, K, V, C = ctx.shape
