@@ -72,6 +72,17 @@ def test_stage3_checkpointed_gradients_equal_plain_ones(tmp_path):
     torch.testing.assert_close(grads[1], grads[0])
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_bf16_autocast_trains_fp32_weights(tmp_path, stage):
+    cfg = config(tmp_path, **{f"stage{stage}": {"tokens": 2 * 4 * 32}})
+    cfg.dtype = "bf16"
+    teacher = tiny_teacher("llama")
+    student = build_student(teacher, "rwkv7")
+    assert train_stage(stage, cfg, teacher, student, tiny_tokenizer(), tmp_path / "run")
+    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "run", stage))
+    assert {p.dtype for p in student.parameters()} == {torch.float32}  # autocast computes in bf16 only
+
+
 def test_stage1_changes_only_time_mix_parameters(tmp_path):
     cfg = config(tmp_path, stage1={"tokens": 3 * 4 * 32})
     teacher = tiny_teacher("qwen2")

@@ -95,26 +95,43 @@ class RunConfig:
         return getattr(self, f"stage{n}")
 
 
-# Presets are partial configs. cpu-demo is sized from throughput measured on a 2-core CPU with the
-# smollm2-135m teacher (see README, benchmarks/bench_train.py) to finish in about an hour.
+# Tokens/s of each stage on this project's 2-core CPU with the smollm2-135m teacher (fp32, 2 threads,
+# seq 512; stage 3 at seq 2048), measured on a quiet machine with benchmarks/bench_train.py.
+# The cpu-demo budget is derived from them: about 25 minutes of stage 1 and 25 of stage 2, so a
+# whole `radlads convert --preset cpu-demo` (plus loading, validation and export) takes an hour.
+CPU_DEMO_TOK_S = {1: 179.0, 2: 60.0, 3: 60.0}
+CPU_DEMO_MINUTES = {1: 25, 2: 25, 3: 10}
+
+
+def _cpu_demo_tokens(stage: int, seq_len: int, batch_size: int) -> int:
+    """The token budget that fills the stage's minutes at the measured speed, in whole steps."""
+    step_tokens = seq_len * batch_size
+    return max(1, round(CPU_DEMO_TOK_S[stage] * 60 * CPU_DEMO_MINUTES[stage] / step_tokens)) * step_tokens
+
+
+# Presets are partial configs over the defaults; configs/<name>.yaml spell out the same values.
 PRESETS: dict[str, dict] = {
     "cpu-demo": {
-        "dtype": "bf16",
-        "eval_every": 25,
-        "save_every": 25,
+        "dtype": "fp32",  # this CPU has no native bf16: autocast would emulate it, slower
+        "eval_every": 20,
+        "save_every": 10,
         "data": {"valid_sequences": 4},
-        "stage1": {"tokens": 400_000, "seq_len": 512, "batch_size": 4, "lr": 1e-3, "lr_final": 1e-5,
-                   "warmup_steps": 10},
-        "stage2": {"tokens": 150_000, "seq_len": 512, "batch_size": 4, "lr": 1e-5, "lr_final": 1e-5},
-        "stage3": {"tokens": 50_000, "seq_len": 2048, "batch_size": 1},
+        # micro-batches of one sequence (grad_accum = batch_size) keep the memory of a 49k-token
+        # vocabulary's logits to a few hundred MB
+        "stage1": {"tokens": _cpu_demo_tokens(1, 512, 8), "seq_len": 512, "batch_size": 8, "grad_accum": 8,
+                   "lr": 1e-3, "lr_final": 1e-5, "warmup_steps": 5},
+        "stage2": {"tokens": _cpu_demo_tokens(2, 512, 4), "seq_len": 512, "batch_size": 4, "grad_accum": 4,
+                   "lr": 1e-5, "lr_final": 1e-5},
+        "stage3": {"tokens": _cpu_demo_tokens(3, 2048, 1), "seq_len": 2048, "batch_size": 1},
     },
-    "gpu-node": {  # RADLADS paper scale on one 8-GPU node
+    "gpu-node": {  # RADLADS scale on one 8-GPU node: 100M + 250M tokens at 512, 16k-token stage 3
         "dtype": "bf16",
         "eval_every": 500,
         "save_every": 500,
-        "stage1": {"tokens": 100_000_000, "seq_len": 512, "batch_size": 96, "lr": 1e-3, "lr_final": 1e-5,
+        "data": {"valid_sequences": 64},
+        "stage1": {"tokens": 100_000_000, "seq_len": 512, "batch_size": 32, "lr": 1e-3, "lr_final": 1e-5,
                    "warmup_steps": 100},
-        "stage2": {"tokens": 250_000_000, "seq_len": 512, "batch_size": 96, "lr": 1e-5, "lr_final": 1e-5},
+        "stage2": {"tokens": 250_000_000, "seq_len": 512, "batch_size": 32, "lr": 1e-5, "lr_final": 1e-5},
         "stage3": {"tokens": 100_000_000, "seq_len": 16384, "batch_size": 8},
     },
 }
