@@ -180,6 +180,17 @@ def test_kl_matches_definition_scales_with_t_squared_and_top_k():
     torch.testing.assert_close(distillation_kl(s, t, top_k=3), by_hand)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_closed_form_kl_gradient_matches_autograd(temperature):
+    s = torch.randn(3, 4, 13, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 4, 13, dtype=torch.float64)
+    distillation_kl(s, t, temperature).backward()
+    p = F.softmax(t / temperature, -1)
+    reference = (p * (p.log() - F.log_softmax(s / temperature, -1))).sum(-1).mean() * temperature**2
+    expected, = torch.autograd.grad(reference, s)
+    torch.testing.assert_close(s.grad, expected)
+
+
 def test_next_token_ce_shifts_by_one():
     logits = torch.full((1, 3, 5), -1e4)
     logits[0, 0, 3] = logits[0, 1, 4] = 0  # predicts token 3 after position 0, 4 after position 1
