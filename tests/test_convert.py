@@ -13,6 +13,16 @@ from radlads.config import load_config
 from radlads.convert import convert
 from radlads.testing import tiny_teacher, tiny_tokenizer
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models: on a shared 2-core machine a second thread spins more than it computes (2x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 WORDS = "a stitch in time saves nine but the early bird gets the worm before noon".split()
 
 

@@ -18,6 +18,16 @@ from radlads.testing import tiny_teacher, tiny_tokenizer
 from radlads.train import make_data, train_stage
 from radlads.transfer import build_student
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models: on a shared 2-core machine a second thread spins more than it computes (2x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 WORDS = "pack my box with five dozen liquor jugs how vexingly quick daft zebras jump".split()
 
 
@@ -163,7 +173,7 @@ def test_sigkill_then_resume_from_the_command_line(tmp_path):
     save_model(build_student(teacher_model, "rwkv7"), tok, student)
     data = write_corpus(tmp_path / "corpus.jsonl")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    steps = 40
+    steps = 24
 
     ok = subprocess.run(train_cmd(student, teacher, data, tmp_path / "full", steps), env=env,
                         capture_output=True, text=True, timeout=300)

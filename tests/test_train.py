@@ -15,6 +15,16 @@ from radlads.testing import tiny_teacher, tiny_tokenizer
 from radlads.train import TeacherAttentionTap, lr_at, total_steps, train_stage
 from radlads.transfer import build_student
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models: on a shared 2-core machine a second thread spins more than it computes (2x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly".split()
 
 
@@ -31,7 +41,7 @@ def config(tmp_path, **stage_overrides):
         "data": {"spec": str(write_corpus(tmp_path / "corpus.jsonl")), "valid_sequences": 2, "valid_fraction": 0.1},
         "stage1": {"tokens": 16 * 4 * 32, "seq_len": 32, "batch_size": 4, "warmup_steps": 2, "lr": 3e-3},
         "stage2": {"tokens": 12 * 4 * 32, "seq_len": 32, "batch_size": 4, "lr": 3e-3},
-        "stage3": {"tokens": 12 * 2 * 64, "seq_len": 64, "batch_size": 2, "lr": 3e-3, "grad_accum": 2},
+        "stage3": {"tokens": 8 * 2 * 64, "seq_len": 64, "batch_size": 2, "lr": 3e-3, "grad_accum": 2},
     }
     for stage, values in stage_overrides.items():
         overrides[stage].update(values)
