@@ -106,6 +106,7 @@ def test_stage1_changes_only_time_mix_parameters(tmp_path):
     changed = {n for n in before if not torch.equal(after[n], before[n])}
     assert changed == trained  # every time-mix tensor moved, nothing else did (bit for bit)
     assert all(torch.equal(teacher.state_dict()[n], t) for n, t in teacher_before.items())
+    assert not teacher.model.layers[0].self_attn._forward_hooks  # the tap is gone after the stage
 
 
 def test_teacher_tap_captures_attention_input_and_output():

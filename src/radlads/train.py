@@ -232,60 +232,60 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
     elif not resume and any(ckpt_dir.glob("step-*")):
         raise RadladsError(f"{ckpt_dir} already has checkpoints: pass --resume to continue, or use a new --out")
 
-    def checkpoint_now() -> None:
-        save_checkpoint(ckpt_dir, step, student, optimizer,
-                        {"stage": stage, "tokens": step * step_tokens, "total_steps": n_steps,
+    def checkpoint_now(at_step: int) -> None:
+        save_checkpoint(ckpt_dir, at_step, student, optimizer,
+                        {"stage": stage, "tokens": at_step * step_tokens, "total_steps": n_steps,
                          "data": stream.state_dict()}, keep=cfg.keep_checkpoints)
 
     bar = tqdm(total=n_steps, initial=step, desc=f"stage {stage}", unit="step", disable=rank != 0,
                dynamic_ncols=True, file=sys.stderr)
-    steps_this_run, t_start = 0, time.perf_counter()
-    while step < n_steps:
-        t0 = time.perf_counter()
-        lr = lr_at(step, n_steps, s)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        micro_batches = next(stream)[rank::world].to(device).chunk(s.grad_accum)
-        loss_sum = 0.0
-        for i, micro in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            with (nullcontext() if last else dist.no_sync(wrapped)), _autocast(cfg):
-                loss = wrapped(micro) / len(micro_batches)
-            loss.backward()
-            loss_sum += float(loss.detach())
-        loss_value = dist.mean(loss_sum)
-        grad_norm = dist.full_value(torch.nn.utils.clip_grad_norm_(params, s.grad_clip))
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            bar.close()
-            what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
-            raise RadladsError(f"stage {stage}: {what} at step {step + 1}; stopped before applying it "
-                               f"(last good checkpoint: {latest_checkpoint(ckpt_dir) or 'none'})")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        steps_this_run += 1
+    try:
+        steps_this_run, t_start = 0, time.perf_counter()
+        while step < n_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, n_steps, s)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro_batches = next(stream)[rank::world].to(device).chunk(s.grad_accum)
+            loss_sum = 0.0
+            for i, micro in enumerate(micro_batches):
+                last = i == len(micro_batches) - 1
+                with (nullcontext() if last else dist.no_sync(wrapped)), _autocast(cfg):
+                    loss = wrapped(micro) / len(micro_batches)
+                loss.backward()
+                loss_sum += float(loss.detach())
+            loss_value = dist.mean(loss_sum)
+            grad_norm = dist.full_value(torch.nn.utils.clip_grad_norm_(params, s.grad_clip))
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                what = f"gradient norm is {grad_norm}" if math.isfinite(loss_value) else f"loss is {loss_value}"
+                raise RadladsError(f"stage {stage}: {what} at step {step + 1}; stopped before applying it "
+                                   f"(last good checkpoint: {latest_checkpoint(ckpt_dir) or 'none'})")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_this_run += 1
 
-        tok_s = step_tokens / (time.perf_counter() - t0)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
-        record = {"stage": stage, "step": step, "tokens": step * step_tokens, "loss": loss_value, "lr": lr,
-                  "tok_s": round(tok_s, 1), "grad_norm": grad_norm,
-                  "elapsed_s": round(time.perf_counter() - t_start, 3)}
-        if valid and (step % cfg.eval_every == 0 or step == n_steps):
-            record["val_loss"] = dist.mean(validation_loss(wrapped, valid, cfg))
-        if rank == 0 and (step % cfg.log_every == 0 or "val_loss" in record or step == n_steps):
-            _log(metrics_path, record)
-        stopping = stop_after_steps is not None and steps_this_run >= stop_after_steps
-        if step % cfg.save_every == 0 or step == n_steps or stopping:
-            checkpoint_now()
-        if stopping and step < n_steps:
-            bar.close()
-            return False
-    bar.close()
-    student.model.gradient_checkpointing = False
-    if stage == 1:
-        objective.tap.remove()
-    student.eval()
+            tok_s = step_tokens / (time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
+            record = {"stage": stage, "step": step, "tokens": step * step_tokens, "loss": loss_value, "lr": lr,
+                      "tok_s": round(tok_s, 1), "grad_norm": grad_norm,
+                      "elapsed_s": round(time.perf_counter() - t_start, 3)}  # in this process
+            if valid and (step % cfg.eval_every == 0 or step == n_steps):
+                record["val_loss"] = dist.mean(validation_loss(wrapped, valid, cfg))
+            if rank == 0 and (step % cfg.log_every == 0 or "val_loss" in record or step == n_steps):
+                _log(metrics_path, record)
+            stopping = stop_after_steps is not None and steps_this_run >= stop_after_steps
+            if step % cfg.save_every == 0 or step == n_steps or stopping:
+                checkpoint_now(step)
+            if stopping and step < n_steps:
+                return False
+    finally:  # also when stopped or failed: leave the teacher and student as they came
+        bar.close()
+        student.model.gradient_checkpointing = False
+        if stage == 1:
+            objective.tap.remove()
+        student.eval()
     return True
 
 
