@@ -5,7 +5,7 @@
 
 For each dtype (bf16 = torch.autocast, as `--dtype bf16` in training) it measures, in one
 process: the teacher's forward (no grad, tokens/s), then a few real steps of `train_stage` for
-stage 1 and stage 2 on random tokens (the first step is a warm-up and not counted; tokens/s is
+stage 1 and stage 2 on random tokens (the first --warmup steps, 2 by default, are not counted; tokens/s is
 the median over the others, as logged in metrics.jsonl). The teacher is timed again after each
 stage, and each ratio uses the teacher measured just before and after it, so that a shared
 machine's drifting speed cancels out. Targets: stage 1 >= 0.4x and stage 2 >= 0.2x the
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from radlads.cli import keep_freed_memory
 from radlads.config import load_config
 from radlads.teachers import load_teacher
 from radlads.train import train_stage
@@ -47,31 +48,31 @@ class RandomTokens:
         pass
 
 
-def teacher_forward(teacher, vocab: int, batch: int, seq: int, dtype: str, steps: int) -> float:
+def teacher_forward(teacher, vocab: int, batch: int, seq: int, dtype: str, steps: int, warmup: int) -> float:
     ids = torch.randint(0, vocab, (batch, seq))
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     times = []
     with torch.no_grad(), cast:
-        for _ in range(steps + 1):
+        for _ in range(steps + warmup):
             t0 = time.perf_counter()
             teacher(input_ids=ids, use_cache=False)
             times.append(time.perf_counter() - t0)
-    return batch * seq / statistics.median(times[1:])
+    return batch * seq / statistics.median(times[warmup:])
 
 
 def stage_throughput(stage: int, teacher, student, vocab: int, batch: int, seq: int, dtype: str, steps: int,
-                     extra: dict) -> float:
+                     warmup: int, extra: dict) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(overrides={
             "teacher": "bench", "out": tmp, "dtype": dtype, "save_every": 10**6, "eval_every": 10**6,
             "data": {"valid_sequences": 0},
-            f"stage{stage}": dict({"tokens": (steps + 1) * batch * seq, "seq_len": seq, "batch_size": batch},
+            f"stage{stage}": dict({"tokens": (steps + warmup) * batch * seq, "seq_len": seq, "batch_size": batch},
                                   **extra),
         })
         train_stage(stage, cfg, teacher, student, None, Path(tmp),
                     data_factory=lambda s, seed: (RandomTokens(vocab, batch, seq, seed), []))
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["tok_s"] for r in rows[1:])
+    return statistics.median(r["tok_s"] for r in rows[warmup:])
 
 
 def main() -> None:
@@ -83,11 +84,15 @@ def main() -> None:
     p.add_argument("--stage3-seq-len", type=int, default=2048)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--steps", type=int, default=4, help="measured steps per stage (plus one warm-up)")
+    p.add_argument("--steps", type=int, default=4, help="measured steps per stage (after the warm-up)")
+    # The first two training steps of a fresh student run ~2x slower (allocator and oneDNN warm-up,
+    # measured); a long run never sees that again, so they are not counted.
+    p.add_argument("--warmup", type=int, default=2, help="uncounted steps before measuring")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stage2-top-k", type=int, default=0, help="also time stage 2 with top-k KL")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    keep_freed_memory()  # as the radlads CLI does
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -98,19 +103,19 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         student = build_student(teacher, args.arch)
         row = {"dtype": dtype, "seq_len": args.seq_len, "batch_size": args.batch_size}
-        forward = [teacher_forward(teacher, vocab, args.batch_size, args.seq_len, dtype, args.steps)]
+        forward = [teacher_forward(teacher, vocab, args.batch_size, args.seq_len, dtype, args.steps, args.warmup)]
         runs = [(n, {}) for n in stages] + ([(2, {"top_k": args.stage2_top_k})] if args.stage2_top_k else [])
         for stage, extra in runs:
             key = f"stage{stage}" + (f"_top{extra['top_k']}" if extra else "")
             seq = args.stage3_seq_len if stage == 3 else args.seq_len
             try:
                 tok_s = stage_throughput(stage, teacher, student, vocab, args.batch_size, seq, dtype,
-                                         args.steps, extra)
+                                         args.steps, args.warmup, extra)
             except RuntimeError as e:  # e.g. a kernel without bf16 support: report it, measure the rest
                 row[f"{key}_error"] = str(e).splitlines()[0]
                 continue
             # On a shared machine the speed drifts: compare with the teacher measured just before and after.
-            forward.append(teacher_forward(teacher, vocab, args.batch_size, args.seq_len, dtype, args.steps))
+            forward.append(teacher_forward(teacher, vocab, args.batch_size, args.seq_len, dtype, args.steps, args.warmup))
             row[f"{key}_tok_s"] = tok_s
             row[f"{key}_ratio"] = tok_s / statistics.mean(forward[-2:])
         row["teacher_fwd_tok_s"] = statistics.median(forward)

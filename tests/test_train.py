@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from radlads.config import load_config
 from radlads.errors import RadladsError
+from radlads import losses
 from radlads.losses import attention_alignment_loss, distillation_kl, next_token_ce
 from radlads.testing import tiny_teacher, tiny_tokenizer
 from radlads.train import TeacherAttentionTap, lr_at, total_steps, train_stage
@@ -192,7 +193,10 @@ def test_kl_matches_definition_scales_with_t_squared_and_top_k():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_closed_form_kl_gradient_matches_autograd(temperature):
+@pytest.mark.parametrize("block_rows", [5, None])  # 5: three row blocks, the last one partial
+def test_closed_form_kl_gradient_matches_autograd(temperature, block_rows, monkeypatch):
+    if block_rows:
+        monkeypatch.setattr(losses, "KL_BLOCK_ELEMENTS", 13 * block_rows)
     s = torch.randn(3, 4, 13, dtype=torch.float64, requires_grad=True)
     t = torch.randn(3, 4, 13, dtype=torch.float64)
     distillation_kl(s, t, temperature).backward()
@@ -200,6 +204,7 @@ def test_closed_form_kl_gradient_matches_autograd(temperature):
     reference = (p * (p.log() - F.log_softmax(s / temperature, -1))).sum(-1).mean() * temperature**2
     expected, = torch.autograd.grad(reference, s)
     torch.testing.assert_close(s.grad, expected)
+    torch.testing.assert_close(distillation_kl(s, t, temperature).double(), reference.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_next_token_ce_shifts_by_one():

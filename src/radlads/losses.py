@@ -21,30 +21,42 @@ def attention_alignment_loss(student_outputs, teacher_outputs) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
+# Rows of logits handled at once by the full-vocabulary KL: ~2 MiB of fp32 per temporary, so the
+# log-softmaxes, exp and difference of a block stay in cache (2x faster at 512x49k than whole-tensor
+# passes, measured on this CPU).
+KL_BLOCK_ELEMENTS = 1 << 19
+
+
 class _FullVocabKL(torch.autograd.Function):
     """KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over rows, with its gradient in closed form.
 
-    d/ds = T (softmax(s/T) - softmax(t/T)) / rows: one saved tensor pair and a single pass in
-    backward instead of autograd's chain through log_softmax, subtraction and product — on a
-    49k-token vocabulary that is ~40% less time and memory for the loss.
+    d/ds = T (softmax(s/T) - softmax(t/T)) / rows. The forward computes it block by block while
+    the block is hot in cache and keeps only that one vocabulary-sized tensor for backward,
+    instead of autograd's chain through log_softmax, subtraction and product.
     """
 
     @staticmethod
     def forward(ctx, student, teacher, temperature: float):
-        log_q = F.log_softmax(student.float() / temperature if temperature != 1.0 else student.float(), dim=-1)
-        log_p = F.log_softmax(teacher.float() / temperature if temperature != 1.0 else teacher.float(), dim=-1)
-        p = log_p.exp()
-        rows = student.shape[0]
-        loss = (p * (log_p - log_q)).sum() * (temperature**2 / rows)
-        ctx.save_for_backward(log_q, p)
+        rows, vocab = student.shape
+        block = max(1, KL_BLOCK_ELEMENTS // vocab)
+        q_minus_p = torch.empty(student.shape, dtype=torch.float32, device=student.device)
+        total = torch.zeros((), dtype=torch.float64, device=student.device)
+        for i in range(0, rows, block):
+            s, t = student[i:i + block].float(), teacher[i:i + block].float()
+            if temperature != 1.0:
+                s, t = s / temperature, t / temperature
+            log_q, log_p = F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1)
+            p = log_p.exp()
+            total += torch.sum(p * (log_p - log_q), dtype=torch.float64)
+            torch.exp(log_q, out=q_minus_p[i:i + block]).sub_(p)
+        ctx.save_for_backward(q_minus_p)
         ctx.temperature, ctx.dtype = temperature, student.dtype
-        return loss
+        return (total * (temperature**2 / rows)).float()
 
     @staticmethod
     def backward(ctx, grad):
-        log_q, p = ctx.saved_tensors
-        scale = grad * ctx.temperature / p.shape[0]
-        return log_q.exp_().sub_(p).mul_(scale).to(ctx.dtype), None, None
+        (q_minus_p,) = ctx.saved_tensors
+        return q_minus_p.mul(grad * ctx.temperature / q_minus_p.shape[0]).to(ctx.dtype), None, None
 
 
 def distillation_kl(student_logits, teacher_logits, temperature: float = 1.0, top_k: int = 0) -> torch.Tensor:
