@@ -94,6 +94,18 @@ def test_teacher_beyond_its_context_is_skipped_in_a_worker_process(folders, tmp_
     assert "skipped" in captured.out and "note: short skipped at 48" in captured.err
 
 
+def test_past_context_limit_times_the_teacher_there_and_marks_it(folders, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = main(["bench", folders["short"], "--contexts", "16,48", "--decode-tokens", "2", "--threads", "1",
+               "--in-process", "--past-context-limit", "--json", str(out)])
+    assert rc == 0
+    short, past = json.loads(out.read_text())["models"][0]["rows"]
+    assert short["skipped"] is None and short["past_context_limit"] is False
+    assert past["skipped"] is None and past["past_context_limit"] is True
+    assert past["state_bytes"] > short["state_bytes"]  # its KV cache keeps growing past the limit
+    assert "48 (past its context limit)" in capsys.readouterr().out
+
+
 def test_cache_nbytes_hybrid_student_grows_only_by_its_attention_layer():
     student = build_student(tiny_teacher("llama"), "rwkv7", attention_layers=[1])
     sizes = []

@@ -225,24 +225,30 @@ def measure_context(model, context: int, decode_tokens: int, prefill_chunk: int 
     }
 
 
-def skip_reason(limit: int | None, context: int) -> str | None:
-    if limit is not None and context > limit:
+def skip_reason(limit: int | None, context: int, past_limit: bool = False) -> str | None:
+    if limit is not None and context > limit and not past_limit:
         return f"context {context} > max_position_embeddings {limit}"
     return None
 
 
-def bench_model(model, contexts: list[int], decode_tokens: int, prefill_chunk: int = 0) -> list[dict]:
+def bench_model(model, contexts: list[int], decode_tokens: int, prefill_chunk: int = 0,
+                past_limit: bool = False) -> list[dict]:
     """Every context for one already-loaded model (the --in-process path)."""
     limit = context_limit(model)
     rows = []
     for context in contexts:
-        reason = skip_reason(limit, context)
+        reason = skip_reason(limit, context, past_limit)
         if reason:
             rows.append({"context": context, "skipped": reason})
             continue
-        rows.append(measure_context(model, context, decode_tokens, prefill_chunk))
+        rows.append(_mark_past_limit(measure_context(model, context, decode_tokens, prefill_chunk), limit))
         gc.collect()
     return rows
+
+
+def _mark_past_limit(row: dict, limit: int | None) -> dict:
+    row["past_context_limit"] = limit is not None and row["context"] > limit
+    return row
 
 
 def _model_info(model) -> dict:
@@ -267,11 +273,13 @@ def _worker(job_file: str) -> int:
             torch.set_num_threads(job["threads"])
         model, _ = load_quietly(job["spec"], DTYPES[job["dtype"]])
         result = {"info": _model_info(model), "threads": torch.get_num_threads()}
-        reason = skip_reason(result["info"]["context_limit"], job["context"])
+        limit = result["info"]["context_limit"]
+        reason = skip_reason(limit, job["context"], job.get("past_limit", False))
         if reason:
             result["row"] = {"context": job["context"], "skipped": reason}
         else:
-            result["row"] = measure_context(model, job["context"], job["decode_tokens"], job["prefill_chunk"])
+            result["row"] = _mark_past_limit(
+                measure_context(model, job["context"], job["decode_tokens"], job["prefill_chunk"]), limit)
     except RadladsError as e:
         print(str(e), file=sys.stderr)
         return e.exit_code
@@ -283,7 +291,8 @@ def _run_worker(spec: str, context: int, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="radlads-bench-") as tmp:
         job = {
             "spec": spec, "context": context, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
-            "threads": args.threads, "prefill_chunk": args.prefill_chunk, "out": str(Path(tmp) / "result.json"),
+            "threads": args.threads, "prefill_chunk": args.prefill_chunk, "past_limit": args.past_context_limit,
+            "out": str(Path(tmp) / "result.json"),
         }
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job))
@@ -302,7 +311,7 @@ def bench_spec_subprocess(spec: str, contexts: list[int], args) -> tuple[dict, l
     """(model info, rows, threads) for one model spec, each context in a fresh worker process."""
     info, rows, threads = None, [], None
     for context in contexts:  # ascending: the first worker tells us the teacher's limit
-        reason = skip_reason(info["context_limit"], context) if info else None
+        reason = skip_reason(info["context_limit"], context, args.past_context_limit) if info else None
         if reason:
             rows.append({"context": context, "skipped": reason})
             continue
@@ -331,8 +340,9 @@ def markdown_table(models: list[dict]) -> str:
             if r.get("skipped"):
                 lines.append(f"| {m['label']} | {r['context']} | – | – | – | skipped: {r['skipped']} |")
                 continue
+            past = " (past its context limit)" if r.get("past_context_limit") else ""
             lines.append(
-                f"| {m['label']} | {r['context']} | {r['prefill_tokens_per_s']:,.0f} | "
+                f"| {m['label']} | {r['context']}{past} | {r['prefill_tokens_per_s']:,.0f} | "
                 f"{r['decode_ms_per_token']:.2f} | {_mib(r['peak_rss_bytes'])} | {_mib(r['state_bytes'])} |"
             )
     return "\n".join(lines)
@@ -434,7 +444,8 @@ def parse_contexts(text: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = ("Contexts are random token ids. Each (model, context) runs in a fresh process whose RSS "
                 "high-water mark is reset after loading, so peak RSS = resident weights + that context's "
-                "prefill and decode. Teachers skip contexts beyond their max_position_embeddings.")
+                "prefill and decode. Teachers skip contexts beyond their max_position_embeddings unless "
+                "--past-context-limit is given.")
     p.add_argument("model", metavar="MODEL", help="student folder or teacher spec (folder, .gguf, preset, hub id)")
     p.add_argument("--vs", default=None, metavar="TEACHER", help="a second model to compare against (usually the teacher)")
     p.add_argument("--contexts", default="512,2048,8192,16384", metavar="L,L,...",
@@ -444,6 +455,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="prefill through the cache N tokens at a time (default: one forward)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--past-context-limit", action="store_true",
+                   help="also time teachers beyond max_position_embeddings: their output there is not "
+                   "meaningful, but the speed and memory of their KV cache are")
     p.add_argument("--in-process", action="store_true",
                    help="measure all contexts in this process instead of one fresh process each (faster, "
                    "peak RSS less clean)")
@@ -500,8 +514,8 @@ def run(args) -> int:
             if args.threads:
                 torch.set_num_threads(args.threads)
             model, _ = load_quietly(spec, DTYPES[args.dtype])
-            info, rows, threads = _model_info(model), bench_model(model, contexts, args.decode_tokens,
-                                                                 args.prefill_chunk), torch.get_num_threads()
+            rows = bench_model(model, contexts, args.decode_tokens, args.prefill_chunk, args.past_context_limit)
+            info, threads = _model_info(model), torch.get_num_threads()
             del model
             gc.collect()
         else:
