@@ -127,6 +127,34 @@ def test_eval_cli_student_vs_teacher_table_and_json(env, capsys):
     assert "piqa" in result["ratios"]["student"]["per_task"]
 
 
+def test_reuse_skips_tasks_already_scored_with_the_same_limit(env, capsys, tmp_path):
+    first = tmp_path / "first.json"
+    common = ["--teacher", env["teacher"], "--eval-data", str(env["data"]), "--limit", "2"]
+    assert main(["eval", env["student"], "--tasks", "piqa", *common, "--json", str(first)]) == 0
+    capsys.readouterr()
+    second = tmp_path / "second.json"
+    assert main(["eval", env["student"], "--tasks", "piqa,winogrande", *common, "--reuse", str(first),
+                 "--json", str(second)]) == 0
+    err = capsys.readouterr().err
+    assert "student piqa: reused" in err and "teacher piqa: reused" in err
+    assert "student winogrande: 2 items" in err  # only the new task ran
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    for model in ("student", "teacher"):
+        assert b["models"][model]["tasks"]["piqa"]["metrics"] == a["models"][model]["tasks"]["piqa"]["metrics"]
+        assert list(b["models"][model]["tasks"]) == ["piqa", "winogrande"]
+    assert "winogrande" in b["ratios"]["student"]["per_task"]
+    # another --limit: not comparable, so not reused
+    assert main(["eval", env["student"], "--tasks", "piqa", "--eval-data", str(env["data"]), "--limit", "1",
+                 "--reuse", str(first)]) == 0
+    err = capsys.readouterr().err
+    assert "not reusing" in err and "student piqa: 1 items" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert main(["eval", env["student"], "--tasks", "piqa", "--eval-data", str(env["data"]),
+                 "--reuse", str(bad)]) == 2
+    assert "not a radlads eval --json file" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------
 # Scoring is lm-eval's: hand-computed items
 # --------------------------------------------------------------------------------------------

@@ -513,6 +513,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-iters", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                    help="lm-eval bootstrap resamples for stderrs without a closed form (perplexity)")
     p.add_argument("--json", default=None, metavar="FILE", help="write all raw results here")
+    p.add_argument("--reuse", action="append", default=[], metavar="FILE",
+                   help="an earlier --json file: a model already scored there with the same --limit and "
+                        "--dtype is not run again on those tasks (repeatable)")
 
 
 def _check_args(args) -> None:
@@ -535,6 +538,33 @@ def _resolve_data_dir(arg: str | None, tasks: list[str]) -> Path | None:
     if not path.is_dir():
         raise RadladsError(f"--eval-data folder not found: {arg}")
     return path
+
+
+def load_reusable(paths: list[str], limit: int | None, dtype: str) -> dict[str, dict[str, TaskResult]]:
+    """spec -> task -> result, from earlier --json files scored with the same limit and dtype.
+
+    Evaluating a teacher on CPU takes most of an hour; comparing a new student with it should not
+    repeat that. Results with another limit or dtype would not be comparable, so they are ignored.
+    """
+    reusable: dict[str, dict[str, TaskResult]] = {}
+    for path in paths:
+        try:
+            payload = json.loads(Path(path).read_text())
+            if payload.get("limit") != limit or payload.get("dtype") != dtype:
+                print(f"radlads eval: not reusing {path}: it was scored with --limit {payload.get('limit')} "
+                      f"--dtype {payload.get('dtype')}", file=sys.stderr)
+                continue
+            for info in payload["models"].values():
+                tasks = reusable.setdefault(info["spec"], {})
+                for name, r in info["tasks"].items():
+                    tasks[name] = TaskResult(task=name, metrics=r["metrics"], n=r["n"], n_total=r["n_total"],
+                                             version=r["version"], chance=r["chance"], seconds=r["seconds"],
+                                             source=r["source"], higher_is_better=r.get("higher_is_better", {}))
+        except FileNotFoundError:
+            raise RadladsError(f"--reuse {path}: file not found") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RadladsError(f"--reuse {path}: not a radlads eval --json file ({type(e).__name__}: {e})") from None
+    return reusable
 
 
 def _quiet_libraries() -> None:
@@ -570,21 +600,33 @@ def run(args) -> int:
         label = model_label(spec)
         labels.append(label if label not in labels else f"{label} ({len(labels) + 1})")
     teacher_label = labels[-1] if args.teacher else None
+    reusable = load_reusable(args.reuse, args.limit, args.dtype)
 
     results: dict[str, dict[str, TaskResult]] = {}
     model_info: dict[str, dict[str, Any]] = {}
     for spec, label in zip(specs, labels):
+        earlier = reusable.get(spec, {})
+        results[label] = {leaf: earlier[leaf] for leaf in built if leaf in earlier}
+        if len(results[label]) == len(built):
+            print(f"{label}: all tasks reused from --reuse", file=sys.stderr)
+            model_info[label] = {"spec": spec, "role": "teacher" if label == teacher_label else "model",
+                                 "recurrent": None, "reused": True}
+            continue
         t0 = time.perf_counter()
         model, tokenizer = load_model(spec, DTYPES[args.dtype])
         lm = RadladsLM(model, tokenizer, batch_size=args.batch_size)
         model_info[label] = {"spec": spec, "role": "teacher" if label == teacher_label else "model",
-                             "recurrent": lm.recurrent, "load_seconds": time.perf_counter() - t0}
-        results[label] = {}
+                             "recurrent": lm.recurrent, "load_seconds": time.perf_counter() - t0,
+                             "reused_tasks": sorted(results[label])}
         for leaf, (task, source) in built.items():
+            if leaf in results[label]:
+                print(f"{label} {leaf}: reused", file=sys.stderr)
+                continue
             res = evaluate_task(lm, leaf, task, args.limit, args.bootstrap_iters, source)
             results[label][leaf] = res
             print(f"{label} {leaf}: {res.n} items in {res.seconds:.1f} s ({res.items_per_second:.2f} items/s)",
                   file=sys.stderr)
+        results[label] = {leaf: results[label][leaf] for leaf in built}  # task order as asked
         del lm, model
 
     ratios = {}
