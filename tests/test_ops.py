@@ -228,3 +228,24 @@ def test_cpu_dispatch_uses_the_pytorch_kernels():
     torch.testing.assert_close(ops.chunk_rwkv7(*xs)[0], ops_rwkv7.chunk_rwkv7(*xs)[0], rtol=0, atol=0)
     qs = gla_inputs(1, 20, 2, 8, 8, -0.5, torch.float64)
     torch.testing.assert_close(ops.recurrent_gla(*qs)[0], ops_gla.recurrent_gla(*qs)[0], rtol=0, atol=0)
+
+
+def test_rwkv7_head_groups_on_threads_equal_one_group(monkeypatch):
+    # Long inputs split their heads over threads (one per intra-op thread); forced here for a small
+    # case: outputs, states and gradients must not depend on the split, also under inference mode.
+    from radlads.model import ops_rwkv7
+
+    xs = [x.requires_grad_() for x in rwkv7_inputs(2, 37, 5, 8, 4, -1.0, torch.float64)]
+    s0 = torch.randn(2, 5, 8, 4, dtype=torch.float64, requires_grad=True)
+    o_ref, s_ref, g_ref = outputs_and_grads(recurrent_rwkv7, xs, s0, 1.0)
+    monkeypatch.setattr(ops_rwkv7, "PARALLEL_MIN_ELEMENTS", 0)
+    for threads in (2, 3):
+        torch.set_num_threads(threads)
+        assert len(ops_rwkv7.head_groups(2, 37, 5, 8)) == threads
+        o, s, g = outputs_and_grads(chunk_rwkv7, xs, s0, 1.0, chunk_size=8)
+        assert torch.get_num_threads() == threads
+        assert rel_err(o, o_ref) < 1e-11 and rel_err(s, s_ref) < 1e-11
+        assert all(rel_err(got, want) < 1e-10 for got, want in zip(g, g_ref))
+        with torch.inference_mode():
+            o_inf, s_inf = chunk_rwkv7(*xs, initial_state=s0, output_final_state=True, chunk_size=8)
+        assert rel_err(o_inf, o_ref) < 1e-11 and rel_err(s_inf, s_ref) < 1e-11

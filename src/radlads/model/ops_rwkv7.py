@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import torch
 
@@ -226,13 +227,206 @@ def flat(x: torch.Tensor) -> torch.Tensor:
 # RWKV-7
 
 
+def _rwkv7_forward(r, w, k, v, a, b, initial_state, o, scale: float, C: int, keep_states: bool):
+    """The forward pass for some heads: r..b [B, T, H, K] (views are fine), initial_state
+    [B, H, K, V] or None; writes the output into o [B, T, H, V] (a view) and returns the tensors
+    the backward pass needs (None without keep_states) and the final state."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    acc, device = accumulation_dtype(r.dtype), r.device
+    N, BH = T // C, B * H
+
+    ra_scale, down, mid, to_end = chunk_decay_factors(chunked(w, C), acc, with_prev=True)
+    # r and a play the same (left) role in the scores, k and b the same (right) one; stacking
+    # each pair along the chunk axis makes the four score blocks one [2C, 2C] matmul, and
+    # stacking [V; U] lets one matmul apply both value blocks. Scaling and re-layout happen
+    # in the same elementwise op.
+    ra = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
+    kb = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
+    vuo = torch.empty((N, B, H, 3, C, V), dtype=acc, device=device)  # [V; U; r̃ S_n], see the loop
+    ra_scale_5d = ra_scale.view(N, B, H, 2, C, K)
+    torch.mul(chunked(r, C), ra_scale_5d[:, :, :, 0], out=ra[:, :, :, 0])  # r_i exp(Γ_i - m)
+    torch.mul(chunked(a, C), ra_scale_5d[:, :, :, 1], out=ra[:, :, :, 1])  # a_j exp(Γ_{j-1} - m)
+    down_5d = down.view(N, B, H, C, K)
+    torch.mul(chunked(k, C), down_5d, out=kb[:, :, :, 0])  # k_j exp(m - Γ_j)
+    torch.mul(chunked(b, C), down_5d, out=kb[:, :, :, 1])  # b_j exp(m - Γ_j)
+    vuo[:, :, :, 0] = chunked(v, C)
+    ra, kb, vuo = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K), vuo.view(N, BH, 3 * C, V)
+    vu = vuo[:, :, : 2 * C]
+
+    # Scores [[A_rk, A_rb], [A_ak, A_ab]]: r reads steps <= i, a (the removal) steps < j.
+    mask = score_mask(C, device)
+    A = (ra @ kb.mT).masked_fill_(mask, 0.0)  # masked entries may be inf at steep decays
+    # u_j = S_{j-1}ᵀ a_j solves U = A_ab U + ã S_n + A_ak V, so U = W S_n + Ū with
+    # W = T ã, Ū = (T A_ak) V, T = (I - A_ab)⁻¹ and ã_j = a_j exp(Γ_{j-1}); one matmul gives
+    # W and T A_ak together.
+    T_inv = unit_lower_inverse(A[:, :, C:, C:].contiguous())
+    rhs = torch.empty((N, BH, C, K + C), dtype=acc, device=device)
+    torch.mul(ra[:, :, C:], mid, out=rhs[..., :K])
+    rhs[..., K:] = A[:, :, C:, :C]
+    W_TA_ak = T_inv @ rhs
+    # [W; r̃] with r̃_i = r_i exp(Γ_i): the loop reads the incoming state with both at once.
+    wr = torch.empty((N, BH, 2 * C, K), dtype=acc, device=device)
+    W, r_tilde = wr[:, :, :C], wr[:, :, C:]
+    W.copy_(W_TA_ak[..., :K])
+    torch.mul(ra[:, :, :C], mid, out=r_tilde)
+    vuo[:, :, C : 2 * C] = W_TA_ak[..., K:] @ vu[:, :, :C]  # Ū
+    vuo[:, :, 2 * C :].zero_()
+    kb_end = kb * to_end  # [k_j exp(Γ_C - Γ_j); b_j exp(Γ_C - Γ_j)]
+    decay = (mid * to_end).mT.contiguous()  # exp(Γ_C): [N, BH, K, 1]
+
+    # The sequential part: [U_n; r̃ S_n] = [Ū; 0] + [W; r̃] S_n, then
+    # S_{n+1} = exp(Γ_C) S_n + [k_end; b_end]ᵀ [V; U_n].
+    # Every chunk's state is kept for the backward pass; without one (inference) two buffers
+    # take turns, which keeps the loop in cache.
+    states = torch.empty((N + 1 if keep_states else 2, BH, K, V), dtype=acc, device=device)
+    states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
+    S = states.unbind(0) if keep_states else [states[n % 2] for n in range(N + 1)]
+    uo, wr_n, kb_end_T, vu_n = vuo[:, :, C:].unbind(0), wr.unbind(0), kb_end.mT.unbind(0), vu.unbind(0)
+    with one_thread():
+        for n, d_n in enumerate(decay.unbind(0)):
+            torch.baddbmm(uo[n], wr_n[n], S[n], out=uo[n])
+            torch.mul(S[n], d_n, out=S[n + 1])
+            torch.baddbmm(S[n + 1], kb_end_T[n], vu_n[n], out=S[n + 1])
+
+    # O = r̃ S_n + A_rk V + A_rb U
+    O = torch.baddbmm(flat(vuo[:, :, 2 * C :]), flat(A[:, :, :C]), flat(vu))
+    torch.mul(O.view(N, B, H, C, V), scale, out=chunked(o, C))
+    saved = (ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states)
+    return (saved if keep_states else None), S[N].view(B, H, K, V)
+
+
+def _rwkv7_backward(saved, d_o, d_final, grads, scale: float, C: int):
+    """The backward pass for the heads `saved` came from: d_o [B, T, H, V], d_final [B, H, K, V]
+    or None; writes the input gradients into `grads` (six [B, T, H, ·] views, r w k v a b) and
+    returns the initial state's gradient."""
+    ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states = saved
+    B, T, H, V = d_o.shape
+    K = ra.shape[-1]
+    N, BH, acc, device = ra.shape[0], ra.shape[1], ra.dtype, ra.device
+
+    N, BH, acc, device = ra.shape[0], ra.shape[1], ra.dtype, ra.device
+    S = states[:N]
+
+    # [dO; λ], with λ = Tᵀ dU the adjoint of the u-system: everything that multiplied [V; U]
+    # or S_n gets its gradient from one matmul with this stack.
+    d_ol = torch.empty((N, B, H, 2, C, V), dtype=acc, device=device)
+    torch.mul(chunked(d_o, C), scale, out=d_ol[:, :, :, 0])
+    d_ol = d_ol.view(N, BH, 2 * C, V)
+    dO = d_ol[:, :, :C]
+    dU_out = A[:, :, :C, C:].mT @ dO
+
+    # The sequential part in reverse; G_n = dL/dS_n.
+    G = torch.empty_like(states)
+    if d_final is None:
+        G[N].zero_()
+    else:
+        G[N] = d_final.reshape(BH, K, V)
+    dU = torch.empty_like(dU_out)
+    Gs, dUs, b_end = G.unbind(0), dU.unbind(0), kb_end[:, :, C:].unbind(0)
+    r_tilde_T = r_tilde.mT
+    with one_thread():
+        for n in range(N - 1, -1, -1):
+            torch.baddbmm(dU_out[n], b_end[n], Gs[n + 1], out=dUs[n])
+            torch.mul(Gs[n + 1], decay[n], out=Gs[n])
+            torch.baddbmm(Gs[n], r_tilde_T[n], dO[n], out=Gs[n])
+            torch.baddbmm(Gs[n], W[n].mT, dUs[n], out=Gs[n])
+    dN = G[1:]  # gradient wrt the state each chunk produced
+
+    d_ol[:, :, C:] = T_inv.mT @ dU  # λ
+    dA = (d_ol @ vu.mT).masked_fill_(score_mask(C, device), 0.0)
+    d_ra = (dA @ kb).addcmul_(d_ol @ S.mT, mid)  # [r̃; ã] = ra · exp(m)
+    d_kb = dA.mT @ ra
+    d_kb_end = vu @ dN.mT
+    d_kb.addcmul_(d_kb_end, to_end)  # kb_end = kb · exp(Γ_C - m)
+    dv = A[:, :, :, :C].mT @ d_ol  # A_rkᵀ dO + A_akᵀ λ
+    flat(dv).baddbmm_(flat(kb_end[:, :, :C]), flat(dN))
+
+    # Log-decays. A tensor scaled by exp(±(Γ - m)) contributes ±(its grad · itself) to dΓ;
+    # r_in and the k/b terms go to Γ_i, a_in to Γ_{i-1} (rows C.. of d_g).
+    d_g = d_ra * ra
+    g_kb = d_kb * kb
+    d_g[:, :, :C] -= g_kb[:, :, :C]
+    d_g[:, :, :C] -= g_kb[:, :, C:]
+    d_decay = torch.empty((N, BH, K), dtype=acc, device=device)
+    with one_thread():  # blocks keep the temporaries small
+        for i in range(0, N, 8):
+            torch.linalg.vecdot(dN[i : i + 8], S[i : i + 8], out=d_decay[i : i + 8])
+    d_g[:, :, C - 1] += d_kb_end.mul_(kb_end).sum(-2) + d_decay * decay.squeeze(-1)  # Γ_C
+    d_w = decay_grad(d_g, with_prev=True)
+
+    # Undo the decay scaling and the chunk layout in one op per input.
+    d_ra, d_kb = d_ra.view(N, B, H, 2, C, K), d_kb.view(N, B, H, 2, C, K)
+    ra_scale, down = ra_scale.view(N, B, H, 2, C, K), down.view(N, B, H, C, K)
+    dr, dw, dk, dv_out, da, db = grads
+    torch.mul(d_ra[:, :, :, 0], ra_scale[:, :, :, 0], out=chunked(dr, C))
+    chunked(dw, C).copy_(d_w.view(N, B, H, C, K))
+    torch.mul(d_kb[:, :, :, 0], down, out=chunked(dk, C))
+    chunked(dv_out, C).copy_(dv.view(N, B, H, C, V))
+    torch.mul(d_ra[:, :, :, 1], ra_scale[:, :, :, 1], out=chunked(da, C))
+    torch.mul(d_kb[:, :, :, 1], down, out=chunked(db, C))
+    return G[0].view(B, H, K, V)
+
+
+# Below this many B·T·H·K input elements a call runs as one piece (short prefill, tests).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def head_groups(B: int, T: int, H: int, K: int) -> list[tuple[int, int]]:
+    """Contiguous head ranges, one per intra-op thread, for `run_in_threads`; [(0, H)] when
+    there is one thread, one head or little work."""
+    n = min(torch.get_num_threads(), H)
+    if n < 2 or B * T * H * K < PARALLEL_MIN_ELEMENTS:
+        return [(0, H)]
+    bounds = [round(i * H / n) for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def run_in_threads(fn, argss: list[tuple]) -> list:
+    """[fn(*args) for args in argss], each on its own Python thread with one intra-op thread.
+
+    Heads are independent, so the kernels split them into groups, one per core, instead of
+    splitting every op over the cores: an op split over threads ends in a join that waits for the
+    slowest thread, and on shared cores (other processes, even at nice 19) a descheduled thread
+    stalls each of the few hundred ops of a kernel call by milliseconds. Independent groups only
+    meet once, at the end. Torch ops release the GIL. Grad mode, inference mode and autocast are
+    thread-local, so the caller's grad-free, autocast-free setting is re-established in each
+    thread (inference mode as the caller has it, so its tensors may be written in place).
+    """
+    if len(argss) == 1:
+        return [fn(*argss[0])]
+    inference = torch.is_inference_mode_enabled()
+    results, errors = [None] * len(argss), []
+
+    def work(i: int) -> None:
+        try:
+            torch.set_num_threads(1)  # this thread's OpenMP setting; the caller's is 1 already
+            with torch.inference_mode(inference), torch.no_grad(), contextlib.ExitStack() as stack:
+                for device_type in {x.device.type for x in argss[i] if isinstance(x, torch.Tensor)}:
+                    stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+                results[i] = fn(*argss[i])
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(e)
+
+    with one_thread():
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(1, len(argss))]
+        for t in threads:
+            t.start()
+        work(0)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 class _ChunkRWKV7(torch.autograd.Function):
     """chunk_rwkv7 with a hand-written backward pass; T is a multiple of C here.
 
     Tensors inside are chunk-major [N, B·H, ...]. Naming: x_in is x scaled by its decay relative to
     the chunk middle (r_in = r·exp(Γ - m), k_in = k·exp(m - Γ), ...), so A = r_in k_inᵀ is the
     decayed score matrix; x_end is scaled to the chunk end; r̃, ã are scaled from the chunk start
-    (they read the incoming state S_n).
+    (they read the incoming state S_n). Groups of heads run on separate threads (`run_in_threads`).
     """
 
     @staticmethod
@@ -240,148 +434,40 @@ class _ChunkRWKV7(torch.autograd.Function):
     def forward(ctx, r, w, k, v, a, b, initial_state, scale: float, C: int):
         B, T, H, K = r.shape
         V = v.shape[-1]
-        acc, device = accumulation_dtype(r.dtype), r.device
-        N, BH = T // C, B * H
+        acc = accumulation_dtype(r.dtype)
         ctx.dtypes = (r.dtype, w.dtype, k.dtype, v.dtype, a.dtype, b.dtype)
         ctx.state_dtype = initial_state.dtype if initial_state is not None else None
-        ctx.shape, ctx.scale = (B, T, H, K, V, C), scale
-
-        ra_scale, down, mid, to_end = chunk_decay_factors(chunked(w, C), acc, with_prev=True)
-        # r and a play the same (left) role in the scores, k and b the same (right) one; stacking
-        # each pair along the chunk axis makes the four score blocks one [2C, 2C] matmul, and
-        # stacking [V; U] lets one matmul apply both value blocks. Scaling and re-layout happen
-        # in the same elementwise op.
-        ra = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
-        kb = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
-        vuo = torch.empty((N, B, H, 3, C, V), dtype=acc, device=device)  # [V; U; r̃ S_n], see the loop
-        ra_scale_5d = ra_scale.view(N, B, H, 2, C, K)
-        torch.mul(chunked(r, C), ra_scale_5d[:, :, :, 0], out=ra[:, :, :, 0])  # r_i exp(Γ_i - m)
-        torch.mul(chunked(a, C), ra_scale_5d[:, :, :, 1], out=ra[:, :, :, 1])  # a_j exp(Γ_{j-1} - m)
-        down_5d = down.view(N, B, H, C, K)
-        torch.mul(chunked(k, C), down_5d, out=kb[:, :, :, 0])  # k_j exp(m - Γ_j)
-        torch.mul(chunked(b, C), down_5d, out=kb[:, :, :, 1])  # b_j exp(m - Γ_j)
-        vuo[:, :, :, 0] = chunked(v, C)
-        ra, kb, vuo = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K), vuo.view(N, BH, 3 * C, V)
-        vu = vuo[:, :, : 2 * C]
-
-        # Scores [[A_rk, A_rb], [A_ak, A_ab]]: r reads steps <= i, a (the removal) steps < j.
-        mask = score_mask(C, device)
-        A = (ra @ kb.mT).masked_fill_(mask, 0.0)  # masked entries may be inf at steep decays
-        # u_j = S_{j-1}ᵀ a_j solves U = A_ab U + ã S_n + A_ak V, so U = W S_n + Ū with
-        # W = T ã, Ū = (T A_ak) V, T = (I - A_ab)⁻¹ and ã_j = a_j exp(Γ_{j-1}); one matmul gives
-        # W and T A_ak together.
-        T_inv = unit_lower_inverse(A[:, :, C:, C:].contiguous())
-        rhs = torch.empty((N, BH, C, K + C), dtype=acc, device=device)
-        torch.mul(ra[:, :, C:], mid, out=rhs[..., :K])
-        rhs[..., K:] = A[:, :, C:, :C]
-        W_TA_ak = T_inv @ rhs
-        # [W; r̃] with r̃_i = r_i exp(Γ_i): the loop reads the incoming state with both at once.
-        wr = torch.empty((N, BH, 2 * C, K), dtype=acc, device=device)
-        W, r_tilde = wr[:, :, :C], wr[:, :, C:]
-        W.copy_(W_TA_ak[..., :K])
-        torch.mul(ra[:, :, :C], mid, out=r_tilde)
-        vuo[:, :, C : 2 * C] = W_TA_ak[..., K:] @ vu[:, :, :C]  # Ū
-        vuo[:, :, 2 * C :].zero_()
-        kb_end = kb * to_end  # [k_j exp(Γ_C - Γ_j); b_j exp(Γ_C - Γ_j)]
-        decay = (mid * to_end).mT.contiguous()  # exp(Γ_C): [N, BH, K, 1]
-
-        # The sequential part: [U_n; r̃ S_n] = [Ū; 0] + [W; r̃] S_n, then
-        # S_{n+1} = exp(Γ_C) S_n + [k_end; b_end]ᵀ [V; U_n].
-        # Every chunk's state is kept for the backward pass; without one (inference) two buffers
-        # take turns, which keeps the loop in cache.
+        ctx.scale, ctx.C, ctx.groups = scale, C, head_groups(B, T, H, K)
         keep_states = any(ctx.needs_input_grad)
-        states = torch.empty((N + 1 if keep_states else 2, BH, K, V), dtype=acc, device=device)
-        states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
-        S = states.unbind(0) if keep_states else [states[n % 2] for n in range(N + 1)]
-        uo, wr_n, kb_end_T, vu_n = vuo[:, :, C:].unbind(0), wr.unbind(0), kb_end.mT.unbind(0), vu.unbind(0)
-        with one_thread():
-            for n, d_n in enumerate(decay.unbind(0)):
-                torch.baddbmm(uo[n], wr_n[n], S[n], out=uo[n])
-                torch.mul(S[n], d_n, out=S[n + 1])
-                torch.baddbmm(S[n + 1], kb_end_T[n], vu_n[n], out=S[n + 1])
-
-        # O = r̃ S_n + A_rk V + A_rb U
-        O = torch.baddbmm(flat(vuo[:, :, 2 * C :]), flat(A[:, :, :C]), flat(vu))
-        o, o_chunked = new_like_input((B, T, H, V), C, ctx.dtypes[0], device)
-        torch.mul(O.view(N, B, H, C, V), scale, out=o_chunked)
-        ctx.save_for_backward(ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states)
-        return o, S[N].view(B, H, K, V)
+        o = torch.empty((B, T, H, V), dtype=r.dtype, device=r.device)
+        s0 = initial_state.to(acc) if initial_state is not None else None
+        results = run_in_threads(_rwkv7_forward, [
+            (*(x[:, :, h0:h1] for x in (r, w, k, v, a, b)), None if s0 is None else s0[:, h0:h1],
+             o[:, :, h0:h1], scale, C, keep_states)
+            for h0, h1 in ctx.groups
+        ])
+        if keep_states:
+            ctx.save_for_backward(*(x for saved, _ in results for x in saved))
+        final = [state for _, state in results]
+        return o, (final[0] if len(final) == 1 else torch.cat(final, dim=1))
 
     @staticmethod
     @without_autocast
     def backward(ctx, d_o, d_final):
-        ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states = ctx.saved_tensors
-        B, T, H, K, V, C = ctx.shape
-        N, BH, acc, device = ra.shape[0], ra.shape[1], ra.dtype, ra.device
-        S = states[:N]
-
-        # [dO; λ], with λ = Tᵀ dU the adjoint of the u-system: everything that multiplied [V; U]
-        # or S_n gets its gradient from one matmul with this stack.
-        d_ol = torch.empty((N, B, H, 2, C, V), dtype=acc, device=device)
-        torch.mul(chunked(d_o, C), ctx.scale, out=d_ol[:, :, :, 0])
-        d_ol = d_ol.view(N, BH, 2 * C, V)
-        dO = d_ol[:, :, :C]
-        dU_out = A[:, :, :C, C:].mT @ dO
-
-        # The sequential part in reverse; G_n = dL/dS_n.
-        G = torch.empty_like(states)
-        if d_final is None:
-            G[N].zero_()
-        else:
-            G[N] = d_final.reshape(BH, K, V)
-        dU = torch.empty_like(dU_out)
-        Gs, dUs, b_end = G.unbind(0), dU.unbind(0), kb_end[:, :, C:].unbind(0)
-        r_tilde_T = r_tilde.mT
-        with one_thread():
-            for n in range(N - 1, -1, -1):
-                torch.baddbmm(dU_out[n], b_end[n], Gs[n + 1], out=dUs[n])
-                torch.mul(Gs[n + 1], decay[n], out=Gs[n])
-                torch.baddbmm(Gs[n], r_tilde_T[n], dO[n], out=Gs[n])
-                torch.baddbmm(Gs[n], W[n].mT, dUs[n], out=Gs[n])
-        dN = G[1:]  # gradient wrt the state each chunk produced
-
-        d_ol[:, :, C:] = T_inv.mT @ dU  # λ
-        dA = (d_ol @ vu.mT).masked_fill_(score_mask(C, device), 0.0)
-        d_ra = (dA @ kb).addcmul_(d_ol @ S.mT, mid)  # [r̃; ã] = ra · exp(m)
-        d_kb = dA.mT @ ra
-        d_kb_end = vu @ dN.mT
-        d_kb.addcmul_(d_kb_end, to_end)  # kb_end = kb · exp(Γ_C - m)
-        dv = A[:, :, :, :C].mT @ d_ol  # A_rkᵀ dO + A_akᵀ λ
-        flat(dv).baddbmm_(flat(kb_end[:, :, :C]), flat(dN))
-
-        # Log-decays. A tensor scaled by exp(±(Γ - m)) contributes ±(its grad · itself) to dΓ;
-        # r_in and the k/b terms go to Γ_i, a_in to Γ_{i-1} (rows C.. of d_g).
-        d_g = d_ra * ra
-        g_kb = d_kb * kb
-        d_g[:, :, :C] -= g_kb[:, :, :C]
-        d_g[:, :, :C] -= g_kb[:, :, C:]
-        d_decay = torch.empty((N, BH, K), dtype=acc, device=device)
-        with one_thread():  # blocks keep the temporaries small
-            for i in range(0, N, 8):
-                torch.linalg.vecdot(dN[i : i + 8], S[i : i + 8], out=d_decay[i : i + 8])
-        d_g[:, :, C - 1] += d_kb_end.mul_(kb_end).sum(-2) + d_decay * decay.squeeze(-1)  # Γ_C
-        d_w = decay_grad(d_g, with_prev=True)
-
-        # Undo the decay scaling and the chunk layout in one op per input.
-        dr_dt, dw_dt, dk_dt, dv_dt, da_dt, db_dt = ctx.dtypes
-        d_ra, d_kb = d_ra.view(N, B, H, 2, C, K), d_kb.view(N, B, H, 2, C, K)
-        ra_scale, down = ra_scale.view(N, B, H, 2, C, K), down.view(N, B, H, C, K)
-        grads = []
-        for grad, factor, dtype in (
-            (d_ra[:, :, :, 0], ra_scale[:, :, :, 0], dr_dt),
-            (d_w.view(N, B, H, C, K), None, dw_dt),
-            (d_kb[:, :, :, 0], down, dk_dt),
-            (dv.view(N, B, H, C, V), None, dv_dt),
-            (d_ra[:, :, :, 1], ra_scale[:, :, :, 1], da_dt),
-            (d_kb[:, :, :, 1], down, db_dt),
-        ):
-            out, out_chunked = new_like_input((B, T, H, grad.shape[-1]), C, dtype, device)
-            if factor is None:
-                out_chunked.copy_(grad)
-            else:
-                torch.mul(grad, factor, out=out_chunked)
-            grads.append(out)
-        d_state = G[0].view(B, H, K, V).to(ctx.state_dtype) if ctx.state_dtype is not None else None
+        saved = ctx.saved_tensors
+        per_group = len(saved) // len(ctx.groups)
+        B, T, H, V = d_o.shape
+        K = saved[0].shape[-1]
+        grads = [torch.empty((B, T, H, V if i == 3 else K), dtype=dtype, device=d_o.device)
+                 for i, dtype in enumerate(ctx.dtypes)]
+        d_states = run_in_threads(_rwkv7_backward, [
+            (saved[i * per_group : (i + 1) * per_group], d_o[:, :, h0:h1],
+             None if d_final is None else d_final[:, h0:h1], [g[:, :, h0:h1] for g in grads], ctx.scale, ctx.C)
+            for i, (h0, h1) in enumerate(ctx.groups)
+        ])
+        d_state = None
+        if ctx.state_dtype is not None:
+            d_state = (d_states[0] if len(d_states) == 1 else torch.cat(d_states, dim=1)).to(ctx.state_dtype)
         return (*grads, d_state, None, None)
 
 
