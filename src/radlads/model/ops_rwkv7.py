@@ -243,16 +243,15 @@ def _rwkv7_forward(r, w, k, v, a, b, initial_state, o, scale: float, C: int, kee
     # in the same elementwise op.
     ra = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
     kb = torch.empty((N, B, H, 2, C, K), dtype=acc, device=device)
-    vuo = torch.empty((N, B, H, 3, C, V), dtype=acc, device=device)  # [V; U; r̃ S_n], see the loop
+    vu = torch.empty((N, B, H, 2, C, V), dtype=acc, device=device)  # [V; Ū], later [V; U]
     ra_scale_5d = ra_scale.view(N, B, H, 2, C, K)
     torch.mul(chunked(r, C), ra_scale_5d[:, :, :, 0], out=ra[:, :, :, 0])  # r_i exp(Γ_i - m)
     torch.mul(chunked(a, C), ra_scale_5d[:, :, :, 1], out=ra[:, :, :, 1])  # a_j exp(Γ_{j-1} - m)
     down_5d = down.view(N, B, H, C, K)
     torch.mul(chunked(k, C), down_5d, out=kb[:, :, :, 0])  # k_j exp(m - Γ_j)
     torch.mul(chunked(b, C), down_5d, out=kb[:, :, :, 1])  # b_j exp(m - Γ_j)
-    vuo[:, :, :, 0] = chunked(v, C)
-    ra, kb, vuo = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K), vuo.view(N, BH, 3 * C, V)
-    vu = vuo[:, :, : 2 * C]
+    vu[:, :, :, 0] = chunked(v, C)
+    ra, kb, vu = ra.view(N, BH, 2 * C, K), kb.view(N, BH, 2 * C, K), vu.view(N, BH, 2 * C, V)
 
     # Scores [[A_rk, A_rb], [A_ak, A_ab]]: r reads steps <= i, a (the removal) steps < j.
     mask = score_mask(C, device)
@@ -270,29 +269,34 @@ def _rwkv7_forward(r, w, k, v, a, b, initial_state, o, scale: float, C: int, kee
     W, r_tilde = wr[:, :, :C], wr[:, :, C:]
     W.copy_(W_TA_ak[..., :K])
     torch.mul(ra[:, :, :C], mid, out=r_tilde)
-    vuo[:, :, C : 2 * C] = W_TA_ak[..., K:] @ vu[:, :, :C]  # Ū
-    vuo[:, :, 2 * C :].zero_()
+    vu[:, :, C:] = W_TA_ak[..., K:] @ vu[:, :, :C]  # Ū
     kb_end = kb * to_end  # [k_j exp(Γ_C - Γ_j); b_j exp(Γ_C - Γ_j)]
     decay = (mid * to_end).mT.contiguous()  # exp(Γ_C): [N, BH, K, 1]
 
-    # The sequential part: [U_n; r̃ S_n] = [Ū; 0] + [W; r̃] S_n, then
-    # S_{n+1} = exp(Γ_C) S_n + [k_end; b_end]ᵀ [V; U_n].
-    # Every chunk's state is kept for the backward pass; without one (inference) two buffers
-    # take turns, which keeps the loop in cache.
+    # The sequential part. With U_n = Ū + W S_n,
+    #   [W S_n; r̃ S_n] = [W; r̃] S_n,   S_{n+1} = exp(Γ_C) S_n + c_n + b_endᵀ (W S_n),
+    # where c_n = [k_end; b_end]ᵀ [V; Ū] is computed for all chunks beforehand. Every op writes a
+    # contiguous block (a strided output sends bmm down a per-matrix path, ~10x slower). Every
+    # chunk's state is kept for the backward pass, written over c_n; without one (inference) two
+    # buffers take turns, which keeps the loop in cache.
     states = torch.empty((N + 1 if keep_states else 2, BH, K, V), dtype=acc, device=device)
     states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
+    c = states[1:] if keep_states else torch.empty((N, BH, K, V), dtype=acc, device=device)
+    torch.matmul(kb_end.mT, vu, out=c)
     S = states.unbind(0) if keep_states else [states[n % 2] for n in range(N + 1)]
-    uo, wr_n, kb_end_T, vu_n = vuo[:, :, C:].unbind(0), wr.unbind(0), kb_end.mT.unbind(0), vu.unbind(0)
+    ws_rs = torch.empty((N, BH, 2 * C, V), dtype=acc, device=device)  # [W S_n; r̃ S_n]
+    ws_rs_n, wr_n, b_end_T, c_n = ws_rs.unbind(0), wr.unbind(0), kb_end[:, :, C:].mT.unbind(0), c.unbind(0)
     with one_thread():
         for n, d_n in enumerate(decay.unbind(0)):
-            torch.baddbmm(uo[n], wr_n[n], S[n], out=uo[n])
-            torch.mul(S[n], d_n, out=S[n + 1])
-            torch.baddbmm(S[n + 1], kb_end_T[n], vu_n[n], out=S[n + 1])
+            torch.bmm(wr_n[n], S[n], out=ws_rs_n[n])
+            torch.addcmul(c_n[n], S[n], d_n, out=S[n + 1])
+            torch.baddbmm(S[n + 1], b_end_T[n], ws_rs_n[n][:, :C], out=S[n + 1])
 
-    # O = r̃ S_n + A_rk V + A_rb U
-    O = torch.baddbmm(flat(vuo[:, :, 2 * C :]), flat(A[:, :, :C]), flat(vu))
+    # O = r̃ S_n + A_rk V + A_rb U, with U = Ū + W S_n
+    vu[:, :, C:] += ws_rs[:, :, :C]
+    O = torch.baddbmm(flat(ws_rs[:, :, C:]), flat(A[:, :, :C]), flat(vu))
     torch.mul(O.view(N, B, H, C, V), scale, out=chunked(o, C))
-    saved = (ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states)
+    saved = (ra, kb, wr, ra_scale, down, mid, to_end, A, T_inv, vu, kb_end, decay, states)
     return (saved if keep_states else None), S[N].view(B, H, K, V)
 
 
@@ -300,11 +304,9 @@ def _rwkv7_backward(saved, d_o, d_final, grads, scale: float, C: int):
     """The backward pass for the heads `saved` came from: d_o [B, T, H, V], d_final [B, H, K, V]
     or None; writes the input gradients into `grads` (six [B, T, H, ·] views, r w k v a b) and
     returns the initial state's gradient."""
-    ra, kb, r_tilde, ra_scale, down, mid, to_end, A, T_inv, W, vu, kb_end, decay, states = saved
+    ra, kb, wr, ra_scale, down, mid, to_end, A, T_inv, vu, kb_end, decay, states = saved
     B, T, H, V = d_o.shape
     K = ra.shape[-1]
-    N, BH, acc, device = ra.shape[0], ra.shape[1], ra.dtype, ra.device
-
     N, BH, acc, device = ra.shape[0], ra.shape[1], ra.dtype, ra.device
     S = states[:N]
 
@@ -314,23 +316,28 @@ def _rwkv7_backward(saved, d_o, d_final, grads, scale: float, C: int):
     torch.mul(chunked(d_o, C), scale, out=d_ol[:, :, :, 0])
     d_ol = d_ol.view(N, BH, 2 * C, V)
     dO = d_ol[:, :, :C]
-    dU_out = A[:, :, :C, C:].mT @ dO
+    # dU_out = A_rbᵀ dO, stacked over dO for the matmul with [W; r̃] below.
+    dU_dO = torch.empty((N, BH, 2 * C, V), dtype=acc, device=device)
+    dU_dO[:, :, :C] = A[:, :, :C, C:].mT @ dO  # (a strided out= would take bmm's slow path)
+    dU_dO[:, :, C:] = dO
 
-    # The sequential part in reverse; G_n = dL/dS_n.
+    # The sequential part in reverse; G_n = dL/dS_n. With dU_n = dU_out + b_end G_{n+1},
+    #   G_n = exp(Γ_C) G_{n+1} + [W; r̃]ᵀ [dU_out; dO] + Wᵀ b_end G_{n+1},
+    # the middle term batched over all chunks beforehand, written where G_n goes.
     G = torch.empty_like(states)
+    torch.matmul(wr.mT, dU_dO, out=G[:N])
     if d_final is None:
         G[N].zero_()
     else:
         G[N] = d_final.reshape(BH, K, V)
-    dU = torch.empty_like(dU_out)
-    Gs, dUs, b_end = G.unbind(0), dU.unbind(0), kb_end[:, :, C:].unbind(0)
-    r_tilde_T = r_tilde.mT
+    bG = torch.empty((N, BH, C, V), dtype=acc, device=device)  # b_end G_{n+1}
+    Gs, bGs, b_end, W_T = G.unbind(0), bG.unbind(0), kb_end[:, :, C:].unbind(0), wr[:, :, :C].mT.unbind(0)
     with one_thread():
         for n in range(N - 1, -1, -1):
-            torch.baddbmm(dU_out[n], b_end[n], Gs[n + 1], out=dUs[n])
-            torch.mul(Gs[n + 1], decay[n], out=Gs[n])
-            torch.baddbmm(Gs[n], r_tilde_T[n], dO[n], out=Gs[n])
-            torch.baddbmm(Gs[n], W[n].mT, dUs[n], out=Gs[n])
+            torch.bmm(b_end[n], Gs[n + 1], out=bGs[n])
+            Gs[n].addcmul_(Gs[n + 1], decay[n])
+            torch.baddbmm(Gs[n], W_T[n], bGs[n], out=Gs[n])
+    dU = bG.add_(dU_dO[:, :, :C])
     dN = G[1:]  # gradient wrt the state each chunk produced
 
     d_ol[:, :, C:] = T_inv.mT @ dU  # λ
@@ -342,10 +349,21 @@ def _rwkv7_backward(saved, d_o, d_final, grads, scale: float, C: int):
     dv = A[:, :, :, :C].mT @ d_ol  # A_rkᵀ dO + A_akᵀ λ
     flat(dv).baddbmm_(flat(kb_end[:, :, :C]), flat(dN))
 
+    # The inputs' gradients: undo the decay scaling and the chunk layout in one op per input.
+    dr, dw, dk, dv_out, da, db = grads
+    d_ra6, d_kb6 = d_ra.view(N, B, H, 2, C, K), d_kb.view(N, B, H, 2, C, K)
+    ra_scale, down = ra_scale.view(N, B, H, 2, C, K), down.view(N, B, H, C, K)
+    torch.mul(d_ra6[:, :, :, 0], ra_scale[:, :, :, 0], out=chunked(dr, C))
+    torch.mul(d_kb6[:, :, :, 0], down, out=chunked(dk, C))
+    chunked(dv_out, C).copy_(dv.view(N, B, H, C, V))
+    torch.mul(d_ra6[:, :, :, 1], ra_scale[:, :, :, 1], out=chunked(da, C))
+    torch.mul(d_kb6[:, :, :, 1], down, out=chunked(db, C))
+
     # Log-decays. A tensor scaled by exp(±(Γ - m)) contributes ±(its grad · itself) to dΓ;
-    # r_in and the k/b terms go to Γ_i, a_in to Γ_{i-1} (rows C.. of d_g).
-    d_g = d_ra * ra
-    g_kb = d_kb * kb
+    # r_in and the k/b terms go to Γ_i, a_in to Γ_{i-1} (rows C.. of d_g). In place: d_ra and
+    # d_kb are not needed any more.
+    d_g = d_ra.mul_(ra)
+    g_kb = d_kb.mul_(kb)
     d_g[:, :, :C] -= g_kb[:, :, :C]
     d_g[:, :, :C] -= g_kb[:, :, C:]
     d_decay = torch.empty((N, BH, K), dtype=acc, device=device)
@@ -353,18 +371,7 @@ def _rwkv7_backward(saved, d_o, d_final, grads, scale: float, C: int):
         for i in range(0, N, 8):
             torch.linalg.vecdot(dN[i : i + 8], S[i : i + 8], out=d_decay[i : i + 8])
     d_g[:, :, C - 1] += d_kb_end.mul_(kb_end).sum(-2) + d_decay * decay.squeeze(-1)  # Γ_C
-    d_w = decay_grad(d_g, with_prev=True)
-
-    # Undo the decay scaling and the chunk layout in one op per input.
-    d_ra, d_kb = d_ra.view(N, B, H, 2, C, K), d_kb.view(N, B, H, 2, C, K)
-    ra_scale, down = ra_scale.view(N, B, H, 2, C, K), down.view(N, B, H, C, K)
-    dr, dw, dk, dv_out, da, db = grads
-    torch.mul(d_ra[:, :, :, 0], ra_scale[:, :, :, 0], out=chunked(dr, C))
-    chunked(dw, C).copy_(d_w.view(N, B, H, C, K))
-    torch.mul(d_kb[:, :, :, 0], down, out=chunked(dk, C))
-    chunked(dv_out, C).copy_(dv.view(N, B, H, C, V))
-    torch.mul(d_ra[:, :, :, 1], ra_scale[:, :, :, 1], out=chunked(da, C))
-    torch.mul(d_kb[:, :, :, 1], down, out=chunked(db, C))
+    chunked(dw, C).copy_(decay_grad(d_g, with_prev=True).view(N, B, H, C, K))
     return G[0].view(B, H, K, V)
 
 
