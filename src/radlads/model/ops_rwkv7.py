@@ -16,15 +16,16 @@ where A_ab[j, m] = Σ_c a_jc b_mc exp(Γ_{j-1,c} - Γ_mc) (m < j) and A_ak likew
 intra-chunk work (the A's, the inverse, W, Ū) is batched over every chunk at once, and what is
 left sequential is, per chunk n with incoming state S_n,
 
-    [U_n; r̃ S_n] = [Ū_n; 0] + [W_n; r̃_n] S_n,      S_{n+1} = exp(Γ_C) ⊙ S_n + [k_end; b_end]ᵀ [V; U_n],
+    [W S_n; r̃ S_n] = [W_n; r̃_n] S_n,   U_n = Ū_n + W S_n,   S_{n+1} = exp(Γ_C) ⊙ S_n + c_n + b_endᵀ U_n,
 
-two small matmuls (r̃_i = r_i exp(Γ_i) is folded in because S_n is in cache there). Outputs are
-then batched again: O = r̃ S_n + A_rk V + A_rb U_n.
+with c_n = k_endᵀ V_n batched beforehand (r̃_i = r_i exp(Γ_i) is folded in because S_n is in cache
+there). Outputs are then batched again: O = r̃ S_n + A_rk V + A_rb U_n.
 
 The backward pass is written by hand (`_ChunkRWKV7`): autograd over the forward above records a
 few hundred small ops and accumulates gradients of every intermediate, which costs more than
 the arithmetic on a CPU; the hand-written pass reuses the forward's products and is again one
-reverse sequential loop plus batched matmuls.
+reverse sequential loop plus batched matmuls. Both passes run per group of heads, one group per
+core on its own thread (`run_in_threads`), rather than splitting each small op over the cores.
 """
 
 from __future__ import annotations
@@ -273,27 +274,28 @@ def _rwkv7_forward(r, w, k, v, a, b, initial_state, o, scale: float, C: int, kee
     kb_end = kb * to_end  # [k_j exp(Γ_C - Γ_j); b_j exp(Γ_C - Γ_j)]
     decay = (mid * to_end).mT.contiguous()  # exp(Γ_C): [N, BH, K, 1]
 
-    # The sequential part. With U_n = Ū + W S_n,
-    #   [W S_n; r̃ S_n] = [W; r̃] S_n,   S_{n+1} = exp(Γ_C) S_n + c_n + b_endᵀ (W S_n),
-    # where c_n = [k_end; b_end]ᵀ [V; Ū] is computed for all chunks beforehand. Every op writes a
-    # contiguous block (a strided output sends bmm down a per-matrix path, ~10x slower). Every
-    # chunk's state is kept for the backward pass, written over c_n; without one (inference) two
-    # buffers take turns, which keeps the loop in cache.
+    # The sequential part, per chunk n with incoming state S_n:
+    #   [W S_n; r̃ S_n] = [W; r̃] S_n,   U_n = Ū + W S_n,   S_{n+1} = exp(Γ_C) S_n + c_n + b_endᵀ U_n,
+    # with c_n = k_endᵀ V computed for all chunks beforehand. Every matmul writes a contiguous
+    # block (a strided output sends bmm down a per-matrix path, ~10x slower). Every chunk's state
+    # is kept for the backward pass, written over c_n; without one (inference) two buffers take
+    # turns, which keeps the loop in cache.
     states = torch.empty((N + 1 if keep_states else 2, BH, K, V), dtype=acc, device=device)
     states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
     c = states[1:] if keep_states else torch.empty((N, BH, K, V), dtype=acc, device=device)
-    torch.matmul(kb_end.mT, vu, out=c)
+    torch.matmul(kb_end[:, :, :C].mT, vu[:, :, :C], out=c)
     S = states.unbind(0) if keep_states else [states[n % 2] for n in range(N + 1)]
     ws_rs = torch.empty((N, BH, 2 * C, V), dtype=acc, device=device)  # [W S_n; r̃ S_n]
-    ws_rs_n, wr_n, b_end_T, c_n = ws_rs.unbind(0), wr.unbind(0), kb_end[:, :, C:].mT.unbind(0), c.unbind(0)
+    ws_rs_n, ws_n, u_n = ws_rs.unbind(0), ws_rs[:, :, :C].unbind(0), vu[:, :, C:].unbind(0)
+    wr_n, b_end_T, c_n = wr.unbind(0), kb_end[:, :, C:].mT.unbind(0), c.unbind(0)
     with one_thread():
         for n, d_n in enumerate(decay.unbind(0)):
             torch.bmm(wr_n[n], S[n], out=ws_rs_n[n])
+            u_n[n].add_(ws_n[n])  # vu holds [V; U] from here on
             torch.addcmul(c_n[n], S[n], d_n, out=S[n + 1])
-            torch.baddbmm(S[n + 1], b_end_T[n], ws_rs_n[n][:, :C], out=S[n + 1])
+            torch.baddbmm(S[n + 1], b_end_T[n], u_n[n], out=S[n + 1])
 
-    # O = r̃ S_n + A_rk V + A_rb U, with U = Ū + W S_n
-    vu[:, :, C:] += ws_rs[:, :, :C]
+    # O = r̃ S_n + A_rk V + A_rb U
     O = torch.baddbmm(flat(ws_rs[:, :, C:]), flat(A[:, :, :C]), flat(vu))
     torch.mul(O.view(N, B, H, C, V), scale, out=chunked(o, C))
     saved = (ra, kb, wr, ra_scale, down, mid, to_end, A, T_inv, vu, kb_end, decay, states)
@@ -379,11 +381,11 @@ def _rwkv7_backward(saved, d_o, d_final, grads, scale: float, C: int):
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
-def head_groups(B: int, T: int, H: int, K: int) -> list[tuple[int, int]]:
+def head_groups(B: int, T: int, H: int, K: int, device_type: str = "cpu") -> list[tuple[int, int]]:
     """Contiguous head ranges, one per intra-op thread, for `run_in_threads`; [(0, H)] when
-    there is one thread, one head or little work."""
+    there is one thread, one head, little work or the tensors are not on the CPU."""
     n = min(torch.get_num_threads(), H)
-    if n < 2 or B * T * H * K < PARALLEL_MIN_ELEMENTS:
+    if n < 2 or B * T * H * K < PARALLEL_MIN_ELEMENTS or device_type != "cpu":
         return [(0, H)]
     bounds = [round(i * H / n) for i in range(n + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
@@ -444,7 +446,7 @@ class _ChunkRWKV7(torch.autograd.Function):
         acc = accumulation_dtype(r.dtype)
         ctx.dtypes = (r.dtype, w.dtype, k.dtype, v.dtype, a.dtype, b.dtype)
         ctx.state_dtype = initial_state.dtype if initial_state is not None else None
-        ctx.scale, ctx.C, ctx.groups = scale, C, head_groups(B, T, H, K)
+        ctx.scale, ctx.C, ctx.groups = scale, C, head_groups(B, T, H, K, r.device.type)
         keep_states = any(ctx.needs_input_grad)
         o = torch.empty((B, T, H, V), dtype=r.dtype, device=r.device)
         s0 = initial_state.to(acc) if initial_state is not None else None
