@@ -275,25 +275,22 @@ def _rwkv7_forward(r, w, k, v, a, b, initial_state, o, scale: float, C: int, kee
     decay = (mid * to_end).mT.contiguous()  # exp(Γ_C): [N, BH, K, 1]
 
     # The sequential part, per chunk n with incoming state S_n:
-    #   [W S_n; r̃ S_n] = [W; r̃] S_n,   U_n = Ū + W S_n,   S_{n+1} = exp(Γ_C) S_n + c_n + b_endᵀ U_n,
-    # with c_n = k_endᵀ V computed for all chunks beforehand. Every matmul writes a contiguous
-    # block (a strided output sends bmm down a per-matrix path, ~10x slower). Every chunk's state
-    # is kept for the backward pass, written over c_n; without one (inference) two buffers take
-    # turns, which keeps the loop in cache.
+    #   [W S_n; r̃ S_n] = [W; r̃] S_n,   U_n = Ū + W S_n,   S_{n+1} = exp(Γ_C) S_n + [k_end; b_end]ᵀ [V; U_n].
+    # Every matmul writes a contiguous block (a strided output sends bmm down a per-matrix path,
+    # ~10x slower). Every chunk's state is kept for the backward pass; without one (inference)
+    # two buffers take turns, which keeps the loop in cache.
     states = torch.empty((N + 1 if keep_states else 2, BH, K, V), dtype=acc, device=device)
     states[0] = initial_state_or_zeros(initial_state, (B, H, K, V), acc, device).reshape(BH, K, V)
-    c = states[1:] if keep_states else torch.empty((N, BH, K, V), dtype=acc, device=device)
-    torch.matmul(kb_end[:, :, :C].mT, vu[:, :, :C], out=c)
     S = states.unbind(0) if keep_states else [states[n % 2] for n in range(N + 1)]
     ws_rs = torch.empty((N, BH, 2 * C, V), dtype=acc, device=device)  # [W S_n; r̃ S_n]
     ws_rs_n, ws_n, u_n = ws_rs.unbind(0), ws_rs[:, :, :C].unbind(0), vu[:, :, C:].unbind(0)
-    wr_n, b_end_T, c_n = wr.unbind(0), kb_end[:, :, C:].mT.unbind(0), c.unbind(0)
+    wr_n, kb_end_T, vu_n = wr.unbind(0), kb_end.mT.unbind(0), vu.unbind(0)
     with one_thread():
         for n, d_n in enumerate(decay.unbind(0)):
             torch.bmm(wr_n[n], S[n], out=ws_rs_n[n])
             u_n[n].add_(ws_n[n])  # vu holds [V; U] from here on
-            torch.addcmul(c_n[n], S[n], d_n, out=S[n + 1])
-            torch.baddbmm(S[n + 1], b_end_T[n], u_n[n], out=S[n + 1])
+            torch.mul(S[n], d_n, out=S[n + 1])
+            torch.baddbmm(S[n + 1], kb_end_T[n], vu_n[n], out=S[n + 1])
 
     # O = r̃ S_n + A_rk V + A_rb U
     O = torch.baddbmm(flat(ws_rs[:, :, C:]), flat(A[:, :, :C]), flat(vu))
