@@ -61,7 +61,7 @@ class RadladsConfig(PretrainedConfig):
         v_lora_rank: int | None = None,
         gate_lora_rank: int | None = None,
         mix_lora_rank: int = 32,
-        chunk_size: int = 32,
+        chunk_size: int = 16,
         teacher: str | None = None,
         teacher_model_type: str | None = None,
         initializer_range: float = 0.02,
