@@ -11,16 +11,10 @@ from safetensors.torch import load_file
 from radlads.cli import main
 from radlads.config import load_config
 from radlads.convert import convert
-from radlads.testing import tiny_teacher, tiny_tokenizer
+from radlads.testing import tiny_teacher, tiny_tokenizer, write_word_corpus
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: on a shared 2-core machine a second thread spins more than it computes (2x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 WORDS = "a stitch in time saves nine but the early bird gets the worm before noon".split()
@@ -32,10 +26,7 @@ def inputs(tmp_path_factory):
     teacher = root / "teacher"
     tiny_teacher("qwen2").save_pretrained(teacher)
     tiny_tokenizer().save_pretrained(teacher)
-    data = root / "corpus.jsonl"
-    with open(data, "w") as f:
-        for i in range(150):
-            f.write(json.dumps({"text": " ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(15 + i % 7))}) + "\n")
+    data = write_word_corpus(root / "corpus.jsonl", WORDS, n_docs=150, stride=3, min_words=15, extra_words=7)
     return teacher, data
 
 

@@ -9,7 +9,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from radlads.testing import tiny_teacher, tiny_tokenizer
+from radlads.testing import tiny_teacher, tiny_tokenizer, write_word_corpus
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly".split()
 
@@ -18,10 +18,7 @@ def make_inputs(tmp_path):
     teacher = tmp_path / "teacher"
     tiny_teacher("llama").save_pretrained(teacher)
     tiny_tokenizer().save_pretrained(teacher)
-    data = tmp_path / "corpus.jsonl"
-    with open(data, "w") as f:
-        for i in range(200):
-            f.write(json.dumps({"text": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(20 + i % 13))}) + "\n")
+    data = write_word_corpus(tmp_path / "corpus.jsonl", WORDS, n_docs=200, stride=1, min_words=20, extra_words=13)
     return teacher, data
 
 

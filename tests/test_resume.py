@@ -14,30 +14,19 @@ from safetensors.torch import load_file
 
 import radlads.checkpoint as checkpoint
 from radlads.config import load_config
-from radlads.testing import tiny_teacher, tiny_tokenizer
+from radlads.testing import tiny_teacher, tiny_tokenizer, write_word_corpus
 from radlads.train import make_data, train_stage
 from radlads.transfer import build_student
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: on a shared 2-core machine a second thread spins more than it computes (2x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 WORDS = "pack my box with five dozen liquor jugs how vexingly quick daft zebras jump".split()
 
 
-def write_corpus(path, n_docs=150):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for i in range(n_docs):
-            f.write(json.dumps({"text": f"doc {i}: " + " ".join(WORDS[(i * 5 + j) % len(WORDS)]
-                                                                  for j in range(10 + i % 11))}) + "\n")
-    return path
+def write_corpus(path):
+    return write_word_corpus(path, WORDS, n_docs=150, stride=5, min_words=10, extra_words=11, numbered=True)
 
 
 def config(tmp_path, stage, steps):

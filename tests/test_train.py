@@ -12,28 +12,19 @@ from radlads.config import load_config
 from radlads.errors import RadladsError
 from radlads import losses
 from radlads.losses import attention_alignment_loss, distillation_kl, next_token_ce
-from radlads.testing import tiny_teacher, tiny_tokenizer
+from radlads.testing import tiny_teacher, tiny_tokenizer, write_word_corpus
 from radlads.train import TeacherAttentionTap, lr_at, total_steps, train_stage
 from radlads.transfer import build_student
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: on a shared 2-core machine a second thread spins more than it computes (2x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly".split()
 
 
-def write_corpus(path, n_docs=120):
-    with open(path, "w") as f:
-        for i in range(n_docs):
-            f.write(json.dumps({"text": " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(12 + i % 9))}) + "\n")
-    return path
+def write_corpus(path):
+    return write_word_corpus(path, WORDS, n_docs=120, stride=7, min_words=12, extra_words=9)
 
 
 def config(tmp_path, **stage_overrides):

@@ -103,3 +103,19 @@ class CyclingTokenStream:
 
 def cycling_stream_factory(seq_len: int, batch_size: int, seed: int) -> CyclingTokenStream:
     return CyclingTokenStream(seq_len, batch_size, seed)
+
+
+def write_word_corpus(path, words: list[str], n_docs: int, stride: int, min_words: int, extra_words: int,
+                      numbered: bool = False):
+    """A small deterministic .jsonl corpus: document i is `min_words + i % extra_words` words of
+    `words`, starting at word `i * stride` and wrapping around (prefixed "doc i: " if numbered)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for i in range(n_docs):
+            text = " ".join(words[(i * stride + j) % len(words)] for j in range(min_words + i % extra_words))
+            f.write(json.dumps({"text": f"doc {i}: {text}" if numbered else text}) + "\n")
+    return path

@@ -16,10 +16,10 @@ where A_ab[j, m] = Σ_c a_jc b_mc exp(Γ_{j-1,c} - Γ_mc) (m < j) and A_ak likew
 intra-chunk work (the A's, the inverse, W, Ū) is batched over every chunk at once, and what is
 left sequential is, per chunk n with incoming state S_n,
 
-    [W S_n; r̃ S_n] = [W_n; r̃_n] S_n,   U_n = Ū_n + W S_n,   S_{n+1} = exp(Γ_C) ⊙ S_n + c_n + b_endᵀ U_n,
+    [W S_n; r̃ S_n] = [W_n; r̃_n] S_n,   U_n = Ū_n + W S_n,   S_{n+1} = exp(Γ_C) ⊙ S_n + [k_end; b_end]ᵀ [V_n; U_n]
 
-with c_n = k_endᵀ V_n batched beforehand (r̃_i = r_i exp(Γ_i) is folded in because S_n is in cache
-there). Outputs are then batched again: O = r̃ S_n + A_rk V + A_rb U_n.
+(r̃_i = r_i exp(Γ_i) is folded in because S_n is in cache there). Outputs are then batched
+again: O = r̃ S_n + A_rk V + A_rb U_n.
 
 The backward pass is written by hand (`_ChunkRWKV7`): autograd over the forward above records a
 few hundred small ops and accumulates gradients of every intermediate, which costs more than
