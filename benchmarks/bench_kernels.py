@@ -25,6 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from radlads.cli import keep_freed_memory
 from radlads.ops import chunk_gla, chunk_rwkv7, recurrent_gla, recurrent_rwkv7
 
 B, H, K, HIDDEN, KV_HEADS = 1, 9, 64, 576, 3
@@ -128,6 +129,7 @@ def main() -> None:
     p.add_argument("--loop-repeats", type=int, default=2, help="repeats for the slow step loops")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
+    keep_freed_memory()  # as the radlads CLI does: training and prefill run with it
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     T = args.T

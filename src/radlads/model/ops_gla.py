@@ -16,6 +16,7 @@ import torch
 
 from .ops_rwkv7 import (
     accumulation_dtype,
+    autocast_off,
     causal_masks,
     chunk_decay_factors,
     chunked,
@@ -25,6 +26,8 @@ from .ops_rwkv7 import (
     one_thread,
     pad_to_chunks,
     safe_chunk_size,
+    step_columns,
+    step_rows,
     without_autocast,
 )
 
@@ -35,13 +38,18 @@ def recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state
     scale = K**-0.5 if scale is None else scale
     dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     state = initial_state_or_zeros(initial_state, (B, H, K, V), acc, q.device)
+    # Operands shaped once before the loop; one fused multiply-add per step (S·d + k vᵀ), as in
+    # ops_rwkv7.recurrent_rwkv7.
+    q_, v_ = step_rows(q, acc), step_rows(v, acc)  # [B, H, 1, ·]
+    k_, decay = step_columns(k, acc), step_columns(g.to(acc).exp(), acc)  # [B, H, K, 1]
     outputs = []
-    steps = zip(*(x.to(acc).unbind(1) for x in (q, k, v)), g.to(acc).exp().unbind(1))
-    with one_thread(), torch.autocast(device_type=q.device.type, enabled=False):  # fp32 state, as documented
-        for q_t, k_t, v_t, d_t in steps:
-            state = d_t.unsqueeze(-1) * state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
-            outputs.append((q_t.unsqueeze(-2) @ state).squeeze(-2))
-    o = torch.stack(outputs, dim=1) * scale
+    with one_thread(), autocast_off(q.device.type):  # fp32 state, as documented
+        for q_t, k_t, v_t, d_t in zip(q_, k_, v_, decay):
+            state = torch.addcmul(state * d_t, k_t, v_t)
+            outputs.append(q_t @ state)  # [B, H, 1, V]
+    o = torch.cat(outputs, dim=2).transpose(1, 2) if T > 1 else outputs[0].transpose(1, 2)
+    if scale != 1.0:
+        o = o * scale
     return o.to(dtype), (state if output_final_state else None)
 
 

@@ -66,20 +66,45 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+def step_rows(x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """[B, T, H, D] -> T views [B, H, 1, D], in `dtype`: a step loop's operands, unbound once."""
+    x = x.to(dtype)
+    return [x.transpose(1, 2)] if x.shape[1] == 1 else list(x.unsqueeze(-2).unbind(1))
+
+
+def step_columns(x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """[B, T, H, D] -> T views [B, H, D, 1], in `dtype`."""
+    x = x.to(dtype)
+    return [x.permute(0, 2, 3, 1)] if x.shape[1] == 1 else list(x.unsqueeze(-1).unbind(1))
+
+
+def autocast_off(device_type: str):
+    """Autocast disabled inside; a no-op context when it is off already (decoding calls this per
+    layer and token, and entering a real autocast context costs several microseconds)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def recurrent_rwkv7(r, w, k, v, a, b, scale: float = 1.0, initial_state=None, output_final_state: bool = False):
     B, T, H, K = r.shape
     V = v.shape[-1]
     dtype, acc = r.dtype, accumulation_dtype(r.dtype)
     state = initial_state_or_zeros(initial_state, (B, H, K, V), acc, r.device)
-    decay = w.to(acc).exp()
+    # Every operand is shaped once, before the loop, for the step's three fused ops: one
+    # decay-multiply and two rank-1 addcmuls write the new state (S·d + b (aᵀS) + k vᵀ). This is
+    # also the decoding path (T = 1), where per-op overhead is most of the cost.
+    r_, a_, v_ = (step_rows(x, acc) for x in (r, a, v))  # [B, H, 1, ·]
+    b_, k_ = (step_columns(x, acc) for x in (b, k))  # [B, H, K, 1]
+    decay = step_columns(w.to(acc).exp(), acc)
     outputs = []
-    steps = zip(*(x.to(acc).unbind(1) for x in (r, k, v, a, b)), decay.unbind(1))
-    with one_thread(), torch.autocast(device_type=r.device.type, enabled=False):  # fp32 state, as documented
-        for r_t, k_t, v_t, a_t, b_t, d_t in steps:
-            removed = a_t.unsqueeze(-2) @ state  # a_tᵀ S_{t-1}: [B, H, 1, V]
-            state = d_t.unsqueeze(-1) * state + b_t.unsqueeze(-1) * removed + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
-            outputs.append((r_t.unsqueeze(-2) @ state).squeeze(-2))
-    o = torch.stack(outputs, dim=1) * scale
+    with one_thread(), autocast_off(r.device.type):  # fp32 state, as documented
+        for r_t, k_t, v_t, a_t, b_t, d_t in zip(r_, k_, v_, a_, b_, decay):
+            state = torch.addcmul(torch.addcmul(state * d_t, b_t, a_t @ state), k_t, v_t)
+            outputs.append(r_t @ state)  # [B, H, 1, V]
+    o = torch.cat(outputs, dim=2).transpose(1, 2) if T > 1 else outputs[0].transpose(1, 2)
+    if scale != 1.0:
+        o = o * scale
     return o.to(dtype), (state if output_final_state else None)
 
 
