@@ -127,8 +127,25 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """[B, T, Hkv, D] -> [B, T, Hkv * groups, D], each KV head serving `groups` query heads."""
-    return x if groups == 1 else x.repeat_interleave(groups, dim=2)
+    """[B, T, Hkv, D] -> [B, T, Hkv * groups, D], each KV head serving `groups` query heads.
+
+    expand + reshape is one copy; repeat_interleave builds an index tensor first (several ops,
+    which a decode step pays in every layer).
+    """
+    if groups == 1:
+        return x
+    B, T, Hkv, D = x.shape
+    return x.unsqueeze(3).expand(B, T, Hkv, groups, D).reshape(B, T, Hkv * groups, D)
+
+
+def _lora(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, bias: torch.Tensor | None = None, inner=None):
+    """bias + inner(x @ down) @ up, the bias added inside the second matmul (addmm)."""
+    h = x @ down
+    if inner is not None:
+        h = inner(h)
+    if bias is None:
+        return h @ up
+    return torch.addmm(bias, h.reshape(-1, h.shape[-1]), up).view(*h.shape[:-1], up.shape[-1])
 
 
 def _orthogonal(rows: int, cols: int, gain: float) -> torch.Tensor:
@@ -226,14 +243,14 @@ class RWKV7TimeMix(_Projections):
         groups = H // self.num_kv_heads
         k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
 
-        w = -DECAY_SCALE * torch.sigmoid(self.w0 + torch.tanh(x @ self.w1) @ self.w2)
-        a = torch.sigmoid(self.a0 + (x @ self.a1) @ self.a2)
-        g = torch.sigmoid(x @ self.g1) @ self.g2
+        w = -DECAY_SCALE * torch.sigmoid(_lora(x, self.w1, self.w2, self.w0, torch.tanh))
+        a = torch.sigmoid(_lora(x, self.a1, self.a2, self.a0))
+        g = _lora(x, self.g1, self.g2, inner=torch.sigmoid)
         if self.is_first:
             v_first = v
         else:
-            mix = torch.sigmoid(self.v0 + (x @ self.v1) @ self.v2).view(B, T, H, D)
-            v = v + (v_first - v) * mix
+            mix = torch.sigmoid(_lora(x, self.v1, self.v2, self.v0)).view(B, T, H, D)
+            v = torch.lerp(v, v_first, mix)  # v + (v_first - v)·mix
 
         w, a = w.view(B, T, H, D), a.view(B, T, H, D)
         kk = F.normalize(k * self.k_k.view(H, D), dim=-1)
@@ -301,7 +318,7 @@ class RWKV6TimeMix(_Projections):
             r, k = apply_rope(r, cos, sin), apply_rope(k, cos, sin)
         groups = H // self.num_kv_heads
         k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
-        log_w = -torch.exp(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)
+        log_w = -torch.exp(_lora(xw, self.w1, self.w2, self.w0, torch.tanh))
         log_w = log_w.clamp(min=RWKV6_MIN_LOG_DECAY).view(B, T, H, D)
         k = k * (1 - torch.exp(log_w))
         g = torch.sigmoid((xg @ self.g1) @ self.g2)
