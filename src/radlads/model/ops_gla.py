@@ -27,6 +27,7 @@ from .ops_rwkv7 import (
     pad_to_chunks,
     safe_chunk_size,
     step_columns,
+    step_outputs,
     step_rows,
     without_autocast,
 )
@@ -47,10 +48,7 @@ def recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state
         for q_t, k_t, v_t, d_t in zip(q_, k_, v_, decay):
             state = torch.addcmul(state * d_t, k_t, v_t)
             outputs.append(q_t @ state)  # [B, H, 1, V]
-    o = torch.cat(outputs, dim=2).transpose(1, 2) if T > 1 else outputs[0].transpose(1, 2)
-    if scale != 1.0:
-        o = o * scale
-    return o.to(dtype), (state if output_final_state else None)
+    return step_outputs(outputs, scale).to(dtype), (state if output_final_state else None)
 
 
 class _ChunkGLA(torch.autograd.Function):

@@ -78,6 +78,12 @@ def step_columns(x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
     return [x.permute(0, 2, 3, 1)] if x.shape[1] == 1 else list(x.unsqueeze(-1).unbind(1))
 
 
+def step_outputs(outputs: list[torch.Tensor], scale: float) -> torch.Tensor:
+    """A step loop's T outputs [B, H, 1, V] -> scale · o [B, T, H, V] (no copy when T = 1)."""
+    o = (torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]).transpose(1, 2)
+    return o * scale if scale != 1.0 else o
+
+
 def autocast_off(device_type: str):
     """Autocast disabled inside; a no-op context when it is off already (decoding calls this per
     layer and token, and entering a real autocast context costs several microseconds)."""
@@ -102,10 +108,7 @@ def recurrent_rwkv7(r, w, k, v, a, b, scale: float = 1.0, initial_state=None, ou
         for r_t, k_t, v_t, a_t, b_t, d_t in zip(r_, k_, v_, a_, b_, decay):
             state = torch.addcmul(torch.addcmul(state * d_t, b_t, a_t @ state), k_t, v_t)
             outputs.append(r_t @ state)  # [B, H, 1, V]
-    o = torch.cat(outputs, dim=2).transpose(1, 2) if T > 1 else outputs[0].transpose(1, 2)
-    if scale != 1.0:
-        o = o * scale
-    return o.to(dtype), (state if output_final_state else None)
+    return step_outputs(outputs, scale).to(dtype), (state if output_final_state else None)
 
 
 # ---------------------------------------------------------------------------------------------
