@@ -106,6 +106,33 @@ def test_past_context_limit_times_the_teacher_there_and_marks_it(folders, tmp_pa
     assert "48 (past its context limit)" in capsys.readouterr().out
 
 
+def test_paired_decode_alternates_steps_and_takes_the_median_ratio(folders):
+    student = build_student(tiny_teacher("llama", seed=0), "rwkv7")
+    teacher = tiny_teacher("llama", seed=1)
+    calls = []
+    for name, m in (("student", student), ("teacher", teacher)):
+        m.register_forward_pre_hook(lambda mod, args, kwargs, name=name: calls.append(
+            (name, kwargs["input_ids"].shape[1])), with_kwargs=True)
+    paired = bench.paired_decode(student, teacher, context=24, steps=4)
+    steps = [name for name, n in calls if n == 1]
+    assert steps == ["student", "teacher", "teacher", "student"] * 2  # one of each per pair, first alternating
+    assert [n for name, n in calls if n > 1] == [bench.WARMUP_TOKENS, bench.WARMUP_TOKENS, 24, 24]
+    assert len(paired["decode_ms"]) == len(paired["vs_decode_ms"]) == len(paired["ratios"]) == 4
+    assert paired["ratios"] == pytest.approx([b / a for a, b in zip(paired["decode_ms"], paired["vs_decode_ms"])])
+    assert paired["decode"] == pytest.approx(sum(sorted(paired["ratios"])[1:3]) / 2)  # median of 4
+
+
+def test_paired_flag_runs_one_worker_with_both_models(folders, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = main(["bench", folders["student"], "--vs", folders["teacher"], "--contexts", "16", "--decode-tokens", "3",
+               "--threads", "1", "--paired", "--json", str(out)])
+    assert rc == 0
+    paired = json.loads(out.read_text())["summary"]["paired"]
+    assert paired["context"] == 16 and paired["steps"] == 3 and len(paired["ratios"]) == 3
+    assert paired["decode"] == pytest.approx(sorted(paired["ratios"])[1])
+    assert "paired decode at context 16" in capsys.readouterr().out
+
+
 def test_cache_nbytes_hybrid_student_grows_only_by_its_attention_layer():
     student = build_student(tiny_teacher("llama"), "rwkv7", attention_layers=[1])
     sizes = []
@@ -129,6 +156,7 @@ def test_peak_rss_sees_an_allocation_inside_the_block():
     (["--decode-tokens", "-4"], "--decode-tokens must be >= 1"),
     (["--threads", "0"], "--threads must be >= 1"),
     (["--json", "/no/such/dir/out.json"], "does not exist"),
+    (["--paired"], "--paired compares two models"),
 ])
 def test_bad_arguments_are_one_line_errors(folders, capsys, argv, message):
     assert main(["bench", folders["student"], "--in-process"] + argv) == 2

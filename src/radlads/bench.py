@@ -17,6 +17,10 @@ For each model and context length L:
     keeps from one context may show up in the next one's peak.
 
 A teacher is not run on contexts longer than its max_position_embeddings (noted, not an error).
+
+--paired (with --vs) adds one more worker that loads both models and takes their decode steps in
+turn at the largest context both ran (`paired_decode`): the speedup from such pairs is what to
+trust on a shared machine, where the two separate per-context runs see different background load.
 """
 
 from __future__ import annotations
@@ -198,19 +202,14 @@ def measure_context(model, context: int, decode_tokens: int, prefill_chunk: int 
     chunk = prefill_chunk if prefill_chunk > 0 else context
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        cache = None
-        for c0 in range(0, context, chunk):
-            logits, cache = forward_cached(model, ids[:, c0 : c0 + chunk], cache)
+        next_id, cache = _prefill(model, ids, chunk)
         prefill_s = time.perf_counter() - t0
         state_bytes = cache_nbytes(cache)
         step_ms = []
-        next_id = logits[:, -1:].argmax(-1)
         for _ in range(decode_tokens):
-            t0 = time.perf_counter()
-            logits, cache = forward_cached(model, next_id, cache)
-            next_id = logits[:, -1:].argmax(-1)
-            step_ms.append((time.perf_counter() - t0) * 1000)
-        del cache, logits
+            ms, next_id, cache = _timed_step(model, next_id, cache)
+            step_ms.append(ms)
+        del cache
     return {
         "context": context,
         "prefill_s": prefill_s,
@@ -222,6 +221,56 @@ def measure_context(model, context: int, decode_tokens: int, prefill_chunk: int 
         "rss_before_bytes": mem.start_rss,
         "memory_method": mem.method,
         "skipped": None,
+    }
+
+
+def _prefill(model, ids: torch.Tensor, chunk: int):
+    """(greedy next token, cache) after reading `ids` in pieces of `chunk` tokens."""
+    cache = None
+    for c0 in range(0, ids.shape[1], chunk):
+        logits, cache = forward_cached(model, ids[:, c0 : c0 + chunk], cache)
+    return logits[:, -1:].argmax(-1), cache
+
+
+def _timed_step(model, next_id: torch.Tensor, cache):
+    """One greedy decode step: (milliseconds, the token it picked, the cache)."""
+    t0 = time.perf_counter()
+    logits, cache = forward_cached(model, next_id, cache)
+    next_id = logits[:, -1:].argmax(-1)
+    return (time.perf_counter() - t0) * 1000, next_id, cache
+
+
+@torch.no_grad()
+def paired_decode(model, other, context: int, steps: int, prefill_chunk: int = 0) -> dict:
+    """Decode speedup of `model` over `other` from steps taken in turn, in one process.
+
+    Both read the same random context, then take `steps` pairs of greedy steps, one of each model
+    per pair (which goes first alternates, so neither always follows the other). The speedup is
+    the median over pairs of other_ms / model_ms. On a shared machine the slowdowns from other
+    processes last far longer than one step, so they hit both halves of a pair alike and mostly
+    cancel in the ratio; two medians measured minutes apart (the per-context runs) do not pair up
+    like that, and their ratio moves with whatever else ran in each window.
+    """
+    ids = random_context(_vocab_size(model), context)
+    chunk = prefill_chunk if prefill_chunk > 0 else context
+    for m in (model, other):
+        forward_cached(m, random_context(_vocab_size(m), WARMUP_TOKENS, seed=CONTEXT_SEED + 1))
+    states = [list(_prefill(m, ids, chunk)) for m in (model, other)]  # [next_id, cache] each
+    ms = [[], []]
+    for step in range(steps):
+        for i in ((0, 1) if step % 2 == 0 else (1, 0)):
+            t, states[i][0], states[i][1] = _timed_step((model, other)[i], *states[i])
+            ms[i].append(t)
+    ratios = [b / a for a, b in zip(*ms)]
+    return {
+        "context": context,
+        "steps": steps,
+        "decode_ms": ms[0],
+        "vs_decode_ms": ms[1],
+        "ratios": ratios,
+        "decode": statistics.median(ratios),
+        "decode_ms_per_token": statistics.median(ms[0]),
+        "vs_decode_ms_per_token": statistics.median(ms[1]),
     }
 
 
@@ -272,6 +321,11 @@ def _worker(job_file: str) -> int:
         if job.get("threads"):
             torch.set_num_threads(job["threads"])
         model, _ = load_quietly(job["spec"], DTYPES[job["dtype"]])
+        if job.get("paired_with"):
+            other, _ = load_quietly(job["paired_with"], DTYPES[job["dtype"]])
+            paired = paired_decode(model, other, job["context"], job["decode_tokens"], job["prefill_chunk"])
+            Path(job["out"]).write_text(json.dumps({"paired": paired}))
+            return 0
         result = {"info": _model_info(model), "threads": torch.get_num_threads()}
         limit = result["info"]["context_limit"]
         reason = skip_reason(limit, job["context"], job.get("past_limit", False))
@@ -287,12 +341,12 @@ def _worker(job_file: str) -> int:
     return 0
 
 
-def _run_worker(spec: str, context: int, args) -> dict:
+def _run_worker(spec: str, context: int, args, paired_with: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="radlads-bench-") as tmp:
         job = {
             "spec": spec, "context": context, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
             "threads": args.threads, "prefill_chunk": args.prefill_chunk, "past_limit": args.past_context_limit,
-            "out": str(Path(tmp) / "result.json"),
+            "paired_with": paired_with, "out": str(Path(tmp) / "result.json"),
         }
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job))
@@ -395,6 +449,14 @@ def summary_lines(models: list[dict], summary: dict, contexts: list[int]) -> lis
         )
     elif len(models) == 2:
         lines.append("no context was measured for both models: no speedup to report")
+    paired = summary.get("paired")
+    if paired:
+        ok = "ok" if paired["decode"] >= SPEEDUP_TARGET else "MISSED"
+        lines.append(
+            f"paired decode at context {paired['context']} ({paired['steps']} steps of each, taken in turn in one "
+            f"process): speedup {paired['decode']:.2f}x (target >= {SPEEDUP_TARGET:g}x: {ok}); "
+            f"{paired['decode_ms_per_token']:.2f} vs {paired['vs_decode_ms_per_token']:.2f} ms/token"
+        )
     return lines
 
 
@@ -461,6 +523,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-process", action="store_true",
                    help="measure all contexts in this process instead of one fresh process each (faster, "
                    "peak RSS less clean)")
+    p.add_argument("--paired", action="store_true",
+                   help="with --vs: also time both models' decode steps in turn in one process at the largest "
+                   "context both ran, and report the median of the per-pair ratios (far less affected by "
+                   "other processes than the ratio of two separate medians)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the raw numbers here")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="decode ms/token and state bytes vs context")
 
@@ -478,6 +544,8 @@ def validate(args) -> list[int]:
         raise RadladsError(f"--prefill-chunk must be >= 0, got {args.prefill_chunk}")
     if args.threads is not None and args.threads < 1:
         raise RadladsError(f"--threads must be >= 1, got {args.threads}")
+    if args.paired and not args.vs:
+        raise RadladsError("--paired compares two models: give the second with --vs")
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot")
     return contexts
@@ -526,6 +594,16 @@ def run(args) -> int:
                 print(f"note: {model_label(spec)} skipped at {r['context']}: {r['skipped']}", file=sys.stderr)
 
     summary = summarize(models)
+    if args.paired and "speedup" in summary:
+        context = summary["speedup"]["context"]
+        if args.in_process:
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            model, other = (load_quietly(spec, DTYPES[args.dtype])[0] for spec in specs)
+            summary["paired"] = paired_decode(model, other, context, args.decode_tokens, args.prefill_chunk)
+            del model, other
+        else:
+            summary["paired"] = _run_worker(specs[0], context, args, paired_with=specs[1])["paired"]
     method = next((r["memory_method"] for m in models for r in m["rows"] if not r.get("skipped")), None)
     print(markdown_table(models))
     print()
