@@ -182,6 +182,18 @@ def test_final_state_only_when_asked_and_threads_restored(kind):
 
 
 @pytest.mark.parametrize("kind", KERNELS)
+@pytest.mark.parametrize("grad", [False, True])
+def test_final_state_owns_its_memory(kind, grad):
+    """The final state goes into the decoding cache, one per layer: a view into the kernel's
+    per-chunk state buffer would keep that O(T) buffer alive for as long as the cache lives."""
+    chunk, _, make, scale = KERNELS[kind]
+    xs = [x.requires_grad_(grad) for x in make(1, 160, 2, 8, 8, -0.5, torch.float32)]
+    with torch.set_grad_enabled(grad):
+        _, s = chunk(*xs, scale=scale, output_final_state=True)
+    assert s.untyped_storage().nbytes() == s.numel() * s.element_size()
+
+
+@pytest.mark.parametrize("kind", KERNELS)
 def test_non_contiguous_inputs_and_repeated_backward(kind):
     chunk, recurrent, make, scale = KERNELS[kind]
     xs = make(1, 24, 3, 8, 8, -1.0, torch.float64)

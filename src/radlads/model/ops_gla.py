@@ -93,7 +93,8 @@ class _ChunkGLA(torch.autograd.Function):
         o, o_chunked = new_like_input((B, T, H, V), C, ctx.dtypes[0], device)
         torch.mul(O.view(N, B, H, C, V), scale, out=o_chunked)
         ctx.save_for_backward(q_in, k_in, q_tilde, v, up, down, mid, to_end, A, k_end, decay, states)
-        return o, states[N].view(B, H, K, V)
+        # A copy: a view would keep all N + 1 chunk states alive in the decoding cache.
+        return o, states[N].view(B, H, K, V).clone()
 
     @staticmethod
     @without_autocast

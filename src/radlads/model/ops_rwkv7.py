@@ -327,7 +327,8 @@ def _rwkv7_forward(r, w, k, v, a, b, initial_state, o, scale: float, C: int, kee
     O = torch.baddbmm(flat(ws_rs[:, :, C:]), flat(A[:, :, :C]), flat(vu))
     torch.mul(O.view(N, B, H, C, V), scale, out=chunked(o, C))
     saved = (ra, kb, wr, ra_scale, down, mid, to_end, A, T_inv, vu, kb_end, decay, states)
-    return (saved if keep_states else None), S[N].view(B, H, K, V)
+    # A copy: a view would keep the state buffer (every chunk's, when training) alive in the cache.
+    return (saved if keep_states else None), S[N].view(B, H, K, V).clone()
 
 
 def _rwkv7_backward(saved, d_o, d_final, grads, scale: float, C: int):
