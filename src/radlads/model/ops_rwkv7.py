@@ -327,8 +327,7 @@ def _rwkv7_forward(r, w, k, v, a, b, initial_state, o, scale: float, C: int, kee
     O = torch.baddbmm(flat(ws_rs[:, :, C:]), flat(A[:, :, :C]), flat(vu))
     torch.mul(O.view(N, B, H, C, V), scale, out=chunked(o, C))
     saved = (ra, kb, wr, ra_scale, down, mid, to_end, A, T_inv, vu, kb_end, decay, states)
-    # A copy: a view would keep the state buffer (every chunk's, when training) alive in the cache.
-    return (saved if keep_states else None), S[N].view(B, H, K, V).clone()
+    return (saved if keep_states else None), S[N].view(B, H, K, V)
 
 
 def _rwkv7_backward(saved, d_o, d_final, grads, scale: float, C: int):
@@ -489,7 +488,9 @@ class _ChunkRWKV7(torch.autograd.Function):
         if keep_states:
             ctx.save_for_backward(*(x for saved, _ in results for x in saved))
         final = [state for _, state in results]
-        return o, (final[0] if len(final) == 1 else torch.cat(final, dim=1))
+        # Each is a view into its group's state buffer (every chunk's, when training); the cache
+        # must not keep those alive, so the final state is always a fresh tensor (cat copies).
+        return o, (final[0].clone() if len(final) == 1 else torch.cat(final, dim=1))
 
     @staticmethod
     @without_autocast
