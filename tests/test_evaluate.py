@@ -143,16 +143,109 @@ def test_reuse_skips_tasks_already_scored_with_the_same_limit(env, capsys, tmp_p
         assert b["models"][model]["tasks"]["piqa"]["metrics"] == a["models"][model]["tasks"]["piqa"]["metrics"]
         assert list(b["models"][model]["tasks"]) == ["piqa", "winogrande"]
     assert "winogrande" in b["ratios"]["student"]["per_task"]
-    # another --limit: not comparable, so not reused
+    # another --limit: other items, so not reused
     assert main(["eval", env["student"], "--tasks", "piqa", "--eval-data", str(env["data"]), "--limit", "1",
                  "--reuse", str(first)]) == 0
     err = capsys.readouterr().err
-    assert "not reusing" in err and "student piqa: 1 items" in err
+    assert "reused" not in err and "student piqa: 1 items" in err
+    # another dtype: not comparable, so not reused
+    assert main(["eval", env["student"], "--tasks", "piqa", "--eval-data", str(env["data"]), "--limit", "2",
+                 "--dtype", "bf16", "--reuse", str(first)]) == 0
+    err = capsys.readouterr().err
+    assert "not reusing" in err and "student piqa: 2 items" in err
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert main(["eval", env["student"], "--tasks", "piqa", "--eval-data", str(env["data"]),
                  "--reuse", str(bad)]) == 2
     assert "not a radlads eval --json file" in capsys.readouterr().err
+
+
+def test_items_score_the_asked_documents(env, monkeypatch):
+    """--items A:B goes to lm-eval by document index: the requests are those of items A..B-1 only."""
+    seen = []
+    original = ev.RadladsLM._loglikelihood_tokens
+
+    def record(self, requests, **kwargs):
+        seen.extend(key[1] for key, *_ in requests)
+        return original(self, requests, **kwargs)
+
+    monkeypatch.setattr(ev.RadladsLM, "_loglikelihood_tokens", record)
+    model, tok = load_model(env["teacher"], torch.float32)
+    lm = ev.RadladsLM(model, tok, batch_size=4, progress=False)
+    task = ev._build_task("piqa", env["data"])["piqa"]
+    res = ev.evaluate_task(lm, "piqa", task, (1, 3), bootstrap_iters=10, source="test")
+    assert res.n == 2 and res.items == (1, 3)
+    items = FIXTURE["piqa/validation.jsonl"]
+    assert sorted(seen) == sorted(" " + item[k] for item in items[1:] for k in ("sol1", "sol2"))
+
+
+def test_shards_join_to_what_one_pass_reports(env, capsys, tmp_path):
+    """Shards scored with --items, joined by --reuse, give one pass's acc/acc_norm and stderrs;
+    a perplexity (not a mean of per-item values) is not joined but scored again."""
+    common = ["eval", env["student"], "--teacher", env["teacher"], "--tasks", "piqa,lambada_openai",
+              "--eval-data", str(env["data"])]
+    whole = tmp_path / "whole.json"
+    assert main([*common, "--json", str(whole)]) == 0
+    shards = []
+    for items in ("0:1", "1:"):
+        shards += ["--reuse", str(tmp_path / f"shard{len(shards)}.json")]
+        assert main([*common, "--items", items, "--json", shards[-1]]) == 0
+    capsys.readouterr()
+    joined = tmp_path / "joined.json"
+    assert main([*common, *shards, "--json", str(joined)]) == 0
+    out = capsys.readouterr()
+    assert "student piqa: reused, joined from 2 shards (0:1, 1:3)" in out.err
+    assert "student lambada_openai: not reused: cannot join lambada_openai shards: perplexity" in out.err
+    assert "student lambada_openai: 2 items" in out.err  # scored again, in one pass
+    assert "piqa 3/3 (joined from 2 shards)" in out.out
+    a, b = json.loads(whole.read_text()), json.loads(joined.read_text())
+    for model in ("student", "teacher"):
+        one, parts = a["models"][model]["tasks"]["piqa"], b["models"][model]["tasks"]["piqa"]
+        assert parts["n"] == one["n"] == 3 and parts["items"] == [0, 3]
+        assert [p["items"] for p in parts["parts"]] == [[0, 1], [1, 3]]
+        for metric in ("acc", "acc_norm"):
+            assert parts["metrics"][metric]["value"] == pytest.approx(one["metrics"][metric]["value"], abs=1e-12)
+            assert parts["metrics"][metric]["stderr"] == pytest.approx(one["metrics"][metric]["stderr"], abs=1e-12)
+    assert b["ratios"]["student"]["per_task"]["piqa"] == pytest.approx(a["ratios"]["student"]["per_task"]["piqa"])
+    # Shards that leave a gap do not stand in for the whole task.
+    assert main([*common, "--tasks", "piqa", "--reuse", shards[3]]) == 0
+    assert "student piqa: 3 items" in capsys.readouterr().err
+
+
+def test_tile_and_pool_mean():
+    pieces = [((0, 2), "a"), ((2, 5), "b"), ((0, 5), "whole"), ((5, 9), "c"), ((2, 9), "d")]
+    assert ev.tile(pieces, (0, 5)) == ["whole"]
+    assert ev.tile(pieces, (0, 9)) == ["whole", "c"]
+    assert ev.tile(pieces, (2, 9)) == ["d"]
+    assert ev.tile(pieces, (0, 8)) is None and ev.tile(pieces, (1, 5)) is None
+    assert ev.tile([((0, 3), "x"), ((3, 4), "y"), ((1, 4), "z")], (0, 4)) == ["x", "y"]
+    gen = torch.Generator().manual_seed(0)
+    values = torch.rand(40, generator=gen, dtype=torch.float64).tolist()
+    values[:10] = [float(v > 0.5) for v in values[:10]]
+
+    def stats(xs):
+        m = sum(xs) / len(xs)
+        sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else None
+        return len(xs), m, None if sd is None else sd / len(xs) ** 0.5
+
+    cuts = [0, 1, 10, 11, 25, 40]
+    mean, err = ev.pool_mean([stats(values[a:b]) for a, b in zip(cuts, cuts[1:])])
+    _, want_mean, want_err = stats(values)
+    assert mean == pytest.approx(want_mean, abs=1e-12) and err == pytest.approx(want_err, abs=1e-12)
+
+
+@pytest.mark.parametrize("text,error", [("5:3", r"--items 5:3: need 0 <= START < END"),
+                                        ("abc", r"--items must look like START:END"),
+                                        ("7", r"--items must look like START:END"),
+                                        ("9:", r"--items 9: starts past the end of piqa \(3 items\)")])
+def test_bad_items(env, capsys, text, error):
+    _fails(capsys, ["eval", env["teacher"], "--tasks", "piqa", "--eval-data", str(env["data"]), "--items", text],
+           error)
+
+
+def test_items_and_limit_exclude_each_other(env, capsys):
+    _fails(capsys, ["eval", env["teacher"], "--tasks", "piqa", "--eval-data", str(env["data"]), "--items", "0:1",
+                    "--limit", "1"], r"--limit and --items both choose items")
 
 
 # --------------------------------------------------------------------------------------------

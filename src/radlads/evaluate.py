@@ -37,6 +37,7 @@ import torch
 from lm_eval.api.model import TemplateLM
 
 from radlads.errors import RadladsError
+from radlads.eval_shards import ItemRange, parse_items, pool_mean, resolve_range, tile
 from radlads.ppl import DEFAULT_CHUNK, DTYPES, forward_logits, is_recurrent, target_logprobs
 
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,arc_easy,winogrande,wikitext"
@@ -280,6 +281,8 @@ class TaskResult:
     seconds: float
     source: str
     higher_is_better: dict[str, bool] = field(default_factory=dict)
+    items: ItemRange | None = None  # [start, end) of the task's documents
+    parts: list[dict[str, Any]] = field(default_factory=list)  # shards joined into this result, if any
 
     @property
     def items_per_second(self) -> float:
@@ -352,16 +355,21 @@ def _chance(task, samples: list[dict]) -> float | None:
     return None
 
 
-def evaluate_task(lm: RadladsLM, name: str, task, limit: int | None, bootstrap_iters: int,
+def evaluate_task(lm: RadladsLM, name: str, task, items: ItemRange, bootstrap_iters: int,
                   source: str) -> TaskResult:
     from lm_eval.evaluator import evaluate
 
-    lm.desc = name
+    lm.desc = name if items == (0, len(task.eval_docs)) else f"{name} [{items[0]}:{items[1]}]"
+    # A prefix goes through lm-eval's --limit (as lm_eval itself runs it); other ranges by index.
+    if items[0] == 0:
+        select = {"limit": items[1] if items[1] < len(task.eval_docs) else None}
+    else:
+        select = {"samples": {name: list(range(*items))}}
     start = time.perf_counter()
     # lm-eval prints bootstrap notes on stdout; stdout is reserved for our table.
     with contextlib.redirect_stdout(sys.stderr):
-        out = evaluate(lm=lm, task_dict={name: task}, limit=limit, bootstrap_iters=bootstrap_iters,
-                       log_samples=True, verbosity="WARNING")
+        out = evaluate(lm=lm, task_dict={name: task}, bootstrap_iters=bootstrap_iters,
+                       log_samples=True, verbosity="WARNING", **select)
     seconds = time.perf_counter() - start
     entry = out["results"][name]
     counts = out.get("n-samples", {}).get(name, {})
@@ -376,6 +384,36 @@ def evaluate_task(lm: RadladsLM, name: str, task, limit: int | None, bootstrap_i
         seconds=seconds,
         source=source,
         higher_is_better=dict(out.get("higher_is_better", {}).get(name, {})),
+        items=items,
+    )
+
+
+def join_shards(name: str, task, shards: list[TaskResult]) -> TaskResult:
+    """One result from results on adjacent item ranges (see radlads.eval_shards for when it is exact)."""
+    from lm_eval.api.metrics import mean
+
+    aggregation = task.aggregation()
+    first = shards[0]
+    for s in shards[1:]:
+        if (s.version, s.source, set(s.metrics)) != (first.version, first.source, set(first.metrics)):
+            raise RadladsError(f"cannot join {name} shards: they differ in task version, data file or metrics")
+    for s in shards:
+        if s.n != s.items[1] - s.items[0]:
+            raise RadladsError(f"cannot join {name} shards: items {s.items[0]}:{s.items[1]} scored {s.n} items")
+    metrics = {}
+    for label in first.metrics:
+        if aggregation.get(label.split(" (")[0]) is not mean:
+            raise RadladsError(f"cannot join {name} shards: {label} is not a mean of per-item values")
+        value, err = pool_mean([(s.n, s.metrics[label]["value"], s.metrics[label]["stderr"]) for s in shards])
+        metrics[label] = {"value": value, "stderr": err}
+    n = sum(s.n for s in shards)
+    chances = [s.chance for s in shards]
+    return TaskResult(
+        task=name, metrics=metrics, n=n, n_total=first.n_total, version=first.version,
+        chance=None if None in chances else sum(s.n * s.chance for s in shards) / n,
+        seconds=sum(s.seconds for s in shards), source=first.source, higher_is_better=first.higher_is_better,
+        items=(shards[0].items[0], shards[-1].items[1]),
+        parts=[p for s in shards for p in (s.parts or [{"items": list(s.items)}])],
     )
 
 
@@ -443,6 +481,15 @@ def _fmt(m: dict[str, float | None] | None) -> str:
     return text + (f" ± {err:.{digits}f}" if err is not None and math.isfinite(err) else "")
 
 
+def _items_note(task: str, r: TaskResult) -> str:
+    text = f"{task} {r.n}/{r.n_total}"
+    if r.items is not None and r.items[0] > 0:
+        text += f" (items {r.items[0]}:{r.items[1]})"
+    if len(r.parts) > 1:
+        text += f" (joined from {len(r.parts)} shards)"
+    return text
+
+
 def format_table(results: dict[str, dict[str, TaskResult]], teacher: str | None,
                  ratios: dict[str, dict[str, Any]]) -> str:
     """Markdown: one row per task/metric, one column per model, then a ratio column per student."""
@@ -488,7 +535,7 @@ def format_table(results: dict[str, dict[str, TaskResult]], teacher: str | None,
                      f"{', '.join(sorted(excluded_any))}: shown, but left out of the average.")
     first = results[labels[0]] if labels else {}
     if first:
-        notes.append("Items per task: " + ", ".join(f"{t} {r.n}/{r.n_total}" for t, r in first.items()) + ".")
+        notes.append("Items per task: " + ", ".join(_items_note(t, r) for t, r in first.items()) + ".")
     return "\n".join(lines + [""] + notes) if notes else "\n".join(lines)
 
 
@@ -506,6 +553,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder with the local benchmark files (default: ../shared/data/eval from the "
                         "current directory, else from the repository root)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N items of each task")
+    p.add_argument("--items", default=None, metavar="START:END",
+                   help="only items START..END-1 of each task (END may be left out: to the end); with "
+                        "--reuse, results on adjacent ranges are joined (accuracies only)")
     p.add_argument("--batch-size", type=int, default=8, metavar="B")
     p.add_argument("--teacher", default=None, metavar="SPEC",
                    help="also evaluate this teacher and report each model's RADLADS ratio against it")
@@ -514,13 +564,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lm-eval bootstrap resamples for stderrs without a closed form (perplexity)")
     p.add_argument("--json", default=None, metavar="FILE", help="write all raw results here")
     p.add_argument("--reuse", action="append", default=[], metavar="FILE",
-                   help="an earlier --json file: a model already scored there with the same --limit and "
-                        "--dtype is not run again on those tasks (repeatable)")
+                   help="an earlier --json file: a task a model already scored there with the same --dtype on "
+                        "the same items, or on adjacent --items shards that together cover them, is not "
+                        "run again (repeatable)")
 
 
 def _check_args(args) -> None:
     if args.limit is not None and args.limit < 1:
         raise RadladsError(f"--limit must be >= 1, got {args.limit}")
+    if args.limit is not None and args.items is not None:
+        raise RadladsError("--limit and --items both choose items; give one (--limit N is --items 0:N)")
     if args.batch_size < 1:
         raise RadladsError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.bootstrap_iters < 1:
@@ -540,31 +593,57 @@ def _resolve_data_dir(arg: str | None, tasks: list[str]) -> Path | None:
     return path
 
 
-def load_reusable(paths: list[str], limit: int | None, dtype: str) -> dict[str, dict[str, TaskResult]]:
-    """spec -> task -> result, from earlier --json files scored with the same limit and dtype.
+def load_reusable(paths: list[str], dtype: str) -> dict[str, dict[str, list[tuple[ItemRange, TaskResult]]]]:
+    """spec -> task -> [(item range, result)], from earlier --json files scored with the same dtype.
 
     Evaluating a teacher on CPU takes most of an hour; comparing a new student with it should not
-    repeat that. Results with another limit or dtype would not be comparable, so they are ignored.
+    repeat that. Results in another dtype would not be comparable, so they are ignored; which
+    items a result covers is matched per task by the caller.
     """
-    reusable: dict[str, dict[str, TaskResult]] = {}
+    reusable: dict[str, dict[str, list[tuple[ItemRange, TaskResult]]]] = {}
     for path in paths:
         try:
             payload = json.loads(Path(path).read_text())
-            if payload.get("limit") != limit or payload.get("dtype") != dtype:
-                print(f"radlads eval: not reusing {path}: it was scored with --limit {payload.get('limit')} "
-                      f"--dtype {payload.get('dtype')}", file=sys.stderr)
+            if payload.get("dtype") != dtype:
+                print(f"radlads eval: not reusing {path}: it was scored with --dtype {payload.get('dtype')}",
+                      file=sys.stderr)
                 continue
             for info in payload["models"].values():
                 tasks = reusable.setdefault(info["spec"], {})
                 for name, r in info["tasks"].items():
-                    tasks[name] = TaskResult(task=name, metrics=r["metrics"], n=r["n"], n_total=r["n_total"],
-                                             version=r["version"], chance=r["chance"], seconds=r["seconds"],
-                                             source=r["source"], higher_is_better=r.get("higher_is_better", {}))
+                    items = r.get("items")
+                    if items is None:  # written before --items existed: the first `limit` items
+                        items = [0, r["n_total"] if r["limit"] is None else min(r["limit"], r["n_total"])]
+                    result = TaskResult(task=name, metrics=r["metrics"], n=r["n"], n_total=r["n_total"],
+                                        version=r["version"], chance=r["chance"], seconds=r["seconds"],
+                                        source=r["source"], higher_is_better=r.get("higher_is_better", {}),
+                                        items=(int(items[0]), int(items[1])),
+                                        parts=r.get("parts") or [{"items": list(items), "file": str(path)}])
+                    tasks.setdefault(name, []).append((result.items, result))
         except FileNotFoundError:
             raise RadladsError(f"--reuse {path}: file not found") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
             raise RadladsError(f"--reuse {path}: not a radlads eval --json file ({type(e).__name__}: {e})") from None
     return reusable
+
+
+def reuse_result(label: str, name: str, task, want: ItemRange,
+                 pieces: list[tuple[ItemRange, TaskResult]]) -> TaskResult | None:
+    """An earlier result on exactly the items `want`, or one joined from shards that tile them."""
+    chosen = tile(pieces, want)
+    if chosen is None:
+        return None
+    if len(chosen) == 1:
+        print(f"{label} {name}: reused", file=sys.stderr)
+        return chosen[0]
+    try:
+        joined = join_shards(name, task, chosen)
+    except RadladsError as e:
+        print(f"{label} {name}: not reused: {e}", file=sys.stderr)
+        return None
+    spans = ", ".join(f"{a}:{b}" for a, b in (s.items for s in chosen))
+    print(f"{label} {name}: reused, joined from {len(chosen)} shards ({spans})", file=sys.stderr)
+    return joined
 
 
 def _quiet_libraries() -> None:
@@ -600,13 +679,19 @@ def run(args) -> int:
         label = model_label(spec)
         labels.append(label if label not in labels else f"{label} ({len(labels) + 1})")
     teacher_label = labels[-1] if args.teacher else None
-    reusable = load_reusable(args.reuse, args.limit, args.dtype)
+    items = parse_items(args.items) if args.items is not None else None
+    ranges = {leaf: resolve_range(leaf, len(task.eval_docs), items, args.limit) for leaf, (task, _) in built.items()}
+    reusable = load_reusable(args.reuse, args.dtype)
 
     results: dict[str, dict[str, TaskResult]] = {}
     model_info: dict[str, dict[str, Any]] = {}
     for spec, label in zip(specs, labels):
         earlier = reusable.get(spec, {})
-        results[label] = {leaf: earlier[leaf] for leaf in built if leaf in earlier}
+        results[label] = {}
+        for leaf, (task, _) in built.items():
+            found = reuse_result(label, leaf, task, ranges[leaf], earlier.get(leaf, []))
+            if found is not None:
+                results[label][leaf] = found
         if len(results[label]) == len(built):
             print(f"{label}: all tasks reused from --reuse", file=sys.stderr)
             model_info[label] = {"spec": spec, "role": "teacher" if label == teacher_label else "model",
@@ -620,9 +705,8 @@ def run(args) -> int:
                              "reused_tasks": sorted(results[label])}
         for leaf, (task, source) in built.items():
             if leaf in results[label]:
-                print(f"{label} {leaf}: reused", file=sys.stderr)
                 continue
-            res = evaluate_task(lm, leaf, task, args.limit, args.bootstrap_iters, source)
+            res = evaluate_task(lm, leaf, task, ranges[leaf], args.bootstrap_iters, source)
             results[label][leaf] = res
             print(f"{label} {leaf}: {res.n} items in {res.seconds:.1f} s ({res.items_per_second:.2f} items/s)",
                   file=sys.stderr)
@@ -641,6 +725,7 @@ def run(args) -> int:
             "tasks": tasks,
             "eval_data": str(data_dir) if data_dir else None,
             "limit": args.limit,
+            "items": args.items,
             "batch_size": args.batch_size,
             "dtype": args.dtype,
             "bootstrap_iters": args.bootstrap_iters,
@@ -648,7 +733,7 @@ def run(args) -> int:
             "models": {
                 label: dict(model_info[label], tasks={
                     name: {"metrics": r.metrics, "n": r.n, "n_total": r.n_total, "limit": args.limit,
-                           "version": r.version, "chance": r.chance, "seconds": r.seconds,
+                           "items": list(r.items), "parts": r.parts, "version": r.version, "chance": r.chance, "seconds": r.seconds,
                            "items_per_second": r.items_per_second, "source": r.source,
                            "higher_is_better": r.higher_is_better}
                     for name, r in results[label].items()})
