@@ -51,17 +51,15 @@ def resolve_range(task: str, n_docs: int, items: tuple[int, int | None] | None, 
 def tile(pieces: Sequence[tuple[ItemRange, R]], want: ItemRange) -> list[R] | None:
     """Pieces whose ranges join end to end into exactly `want`, in order; None when they cannot.
 
-    The whole range from one piece wins; otherwise a depth-first search over adjacent pieces (a
-    handful of shards per task, so its cost does not matter).
+    A depth-first search that tries the longest piece first at each position, so a single piece
+    covering the whole range wins (a handful of shards per task: its cost does not matter).
     """
-    for rng, piece in pieces:
-        if rng == want:
-            return [piece]
+    longest_first = sorted(pieces, key=lambda p: -p[0][1])
 
     def walk(pos: int) -> list[R] | None:
         if pos == want[1]:
             return []
-        for (a, b), piece in sorted(pieces, key=lambda p: -p[0][1]):
+        for (a, b), piece in longest_first:
             if a == pos and b <= want[1] and b > a:
                 rest = walk(b)
                 if rest is not None:

@@ -360,10 +360,11 @@ def evaluate_task(lm: RadladsLM, name: str, task, items: ItemRange, bootstrap_it
                   source: str) -> TaskResult:
     from lm_eval.evaluator import evaluate
 
-    lm.desc = name if items == (0, len(task.eval_docs)) else f"{name} [{items[0]}:{items[1]}]"
+    n_docs = len(task.eval_docs)
+    lm.desc = name if items == (0, n_docs) else f"{name} [{items[0]}:{items[1]}]"
     # A prefix goes through lm-eval's --limit (as lm_eval itself runs it); other ranges by index.
     if items[0] == 0:
-        select = {"limit": items[1] if items[1] < len(task.eval_docs) else None}
+        select = {"limit": items[1] if items[1] < n_docs else None}
     else:
         select = {"samples": {name: list(range(*items))}}
     start = time.perf_counter()
