@@ -10,25 +10,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from radlads import bench  # noqa: E402
 from radlads.cli import main  # noqa: E402
-from radlads.export import save_model  # noqa: E402
-from radlads.testing import tiny_teacher, tiny_tokenizer  # noqa: E402
+from helpers import save_tiny_teacher, tiny_teacher  # noqa: E402
 from radlads.transfer import build_student  # noqa: E402
 
 CONTEXTS = [16, 48]
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tiny_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    tok = tiny_tokenizer()
-    teacher = tiny_teacher("llama", seed=0)
-    teacher.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    short = tiny_teacher("llama", seed=0, max_position_embeddings=32)
-    short.save_pretrained(root / "short")
-    tok.save_pretrained(root / "short")
-    save_model(build_student(teacher, "rwkv7"), tok, root / "student")
-    return {name: str(root / name) for name in ("teacher", "short", "student")} | {"root": root}
+    short = save_tiny_teacher(root / "short", "llama", seed=0, max_position_embeddings=32)
+    return dict(tiny_folders, short=short, root=root)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from radlads.cli import main
 from radlads.config import load_config
 from radlads.convert import convert
-from radlads.testing import tiny_teacher, tiny_tokenizer, write_word_corpus
+from helpers import tiny_teacher, tiny_tokenizer, write_word_corpus
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -14,7 +14,7 @@ import torch
 import radlads.data as data
 from radlads.data import PackedStream, check_seq_len, sample_teacher_corpus, validation_batches
 from radlads.errors import RadladsError
-from radlads.testing import tiny_teacher, tiny_tokenizer
+from helpers import tiny_teacher, tiny_tokenizer
 
 TOK = tiny_tokenizer()  # one token per byte, so token counts are byte counts
 EOS = TOK.eos_token_id

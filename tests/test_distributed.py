@@ -9,7 +9,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from radlads.testing import tiny_teacher, tiny_tokenizer, write_word_corpus
+from helpers import tiny_teacher, tiny_tokenizer, write_word_corpus
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly".split()
 

@@ -15,10 +15,7 @@ from radlads import evaluate as ev  # noqa: E402
 from radlads.cli import main  # noqa: E402
 from radlads.errors import RadladsError  # noqa: E402
 from radlads.eval_tasks import LOCAL_TASKS, build_task, default_eval_data_dir, wikitext_pages  # noqa: E402
-from radlads.export import save_model  # noqa: E402
 from radlads.loading import load_model  # noqa: E402
-from radlads.testing import tiny_teacher, tiny_tokenizer  # noqa: E402
-from radlads.transfer import build_student  # noqa: E402
 
 REAL_EVAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
 
@@ -73,15 +70,9 @@ def _write_eval_data(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tiny_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    tok = tiny_tokenizer()
-    teacher = root / "teacher"
-    tiny_teacher("llama").save_pretrained(teacher)
-    tok.save_pretrained(teacher)
-    student = save_model(build_student(tiny_teacher("llama", seed=1), "rwkv7"), tok, root / "student")
-    data = _write_eval_data(root / "data")
-    return {"teacher": str(teacher), "student": str(student), "data": data, "root": root}
+    return dict(tiny_folders, data=_write_eval_data(root / "data"), root=root)
 
 
 def _hand_logprob(model, tok, context: str, continuation: str) -> float:

@@ -10,7 +10,7 @@ import torch
 from radlads.cli import main
 from radlads.export import save_model
 from radlads.loading import load_model
-from radlads.testing import tiny_teacher, tiny_tokenizer
+from helpers import tiny_teacher, tiny_tokenizer
 from radlads.transfer import build_student
 
 # Runs in a fresh interpreter that refuses to import radlads: only the folder's own code exists.

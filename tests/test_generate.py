@@ -10,10 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from radlads import generate  # noqa: E402
 from radlads.cli import main  # noqa: E402
-from radlads.export import save_model  # noqa: E402
 from radlads.loading import load_model  # noqa: E402
-from radlads.testing import tiny_teacher, tiny_tokenizer  # noqa: E402
-from radlads.transfer import build_student  # noqa: E402
+from helpers import tiny_tokenizer  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -22,14 +20,8 @@ CHAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("generate")
-    tok = tiny_tokenizer()
-    teacher = tiny_teacher("llama", seed=0)
-    teacher.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    save_model(build_student(teacher, "rwkv7"), tok, root / "student")
-    return {"teacher": str(root / "teacher"), "student": str(root / "student")}
+def folders(tiny_folders):
+    return tiny_folders
 
 
 @pytest.fixture(scope="module")

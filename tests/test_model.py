@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from radlads.model.modeling_radlads import RadladsCache, RWKV7TimeMix
-from radlads.testing import tiny_teacher
+from helpers import tiny_teacher
 from radlads.transfer import build_student
 
 CASES = [

@@ -10,8 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from radlads import passkey  # noqa: E402
 from radlads.cli import main  # noqa: E402
-from radlads.export import save_model  # noqa: E402
-from radlads.testing import tiny_teacher, tiny_tokenizer  # noqa: E402
+from helpers import tiny_teacher, tiny_tokenizer  # noqa: E402
 from radlads.transfer import build_student  # noqa: E402
 
 LENGTHS = [300, 600]
@@ -19,9 +18,8 @@ DEPTHS = [0.0, 0.5, 1.0]
 
 
 @pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("passkey")
-    return str(save_model(build_student(tiny_teacher("llama"), "rwkv7"), tiny_tokenizer(), root / "student"))
+def student_dir(tiny_folders):
+    return tiny_folders["student"]
 
 
 def _key_in_prompt(tokenizer, input_ids) -> str:

@@ -15,8 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from radlads import ppl  # noqa: E402
 from radlads.cli import main  # noqa: E402
 from radlads.errors import RadladsError  # noqa: E402
-from radlads.export import save_model  # noqa: E402
-from radlads.testing import tiny_teacher, tiny_tokenizer  # noqa: E402
+from helpers import tiny_teacher, tiny_tokenizer  # noqa: E402
 from radlads.transfer import build_student  # noqa: E402
 
 DOCS = ["The river runs past the old mill and into the sea.", "Über den Wolken: naïve café — 東京 is a city.",
@@ -24,18 +23,13 @@ DOCS = ["The river runs past the old mill and into the sea.", "Über den Wolken:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tiny_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("ppl")
-    tok = tiny_tokenizer()
-    teacher = root / "teacher"
-    tiny_teacher("qwen2").save_pretrained(teacher)
-    tok.save_pretrained(teacher)
-    student = save_model(build_student(tiny_teacher("qwen2", seed=1), "rwkv7"), tok, root / "student")
     data = root / "valid.jsonl.gz"
     with gzip.open(data, "wt", encoding="utf-8") as f:
         for i, d in enumerate(DOCS):
             f.write(json.dumps({"id": i, "title": f"t{i}", "text": d}) + "\n")
-    return {"teacher": str(teacher), "student": str(student), "data": str(data), "root": root}
+    return dict(tiny_folders, data=str(data), root=root)
 
 
 @pytest.mark.parametrize("n,window,stride", [(10, 4, 2), (100, 16, 5), (7, 8, 4), (33, 32, 31)])

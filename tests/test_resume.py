@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import radlads.checkpoint as checkpoint
 from radlads.config import load_config
-from radlads.testing import tiny_teacher, tiny_tokenizer, write_word_corpus
+from helpers import tiny_teacher, tiny_tokenizer, write_word_corpus
 from radlads.train import make_data, train_stage
 from radlads.transfer import build_student
 

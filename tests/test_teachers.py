@@ -17,7 +17,7 @@ from gguf.quants import quantize
 from radlads import teachers
 from radlads.cli import main
 from radlads.errors import RadladsError
-from radlads.testing import _byte_char, tiny_teacher, tiny_tokenizer
+from helpers import _byte_char, tiny_teacher, tiny_tokenizer
 
 IDS = torch.tensor([[3, 4, 5, 100, 7]])
 

@@ -12,7 +12,7 @@ from radlads.config import load_config
 from radlads.errors import RadladsError
 from radlads import losses
 from radlads.losses import attention_alignment_loss, distillation_kl, next_token_ce
-from radlads.testing import tiny_teacher, tiny_tokenizer, write_word_corpus
+from helpers import tiny_teacher, tiny_tokenizer, write_word_corpus
 from radlads.train import TeacherAttentionTap, lr_at, total_steps, train_stage
 from radlads.transfer import build_student
 

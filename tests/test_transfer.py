@@ -5,7 +5,7 @@ import torch
 
 from radlads.cli import main
 from radlads.errors import RadladsError
-from radlads.testing import tiny_teacher
+from helpers import tiny_teacher
 from radlads.transfer import build_student, student_name
 
 

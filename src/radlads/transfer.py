@@ -18,7 +18,6 @@ import torch
 from radlads.errors import RadladsError
 from radlads.model.configuration_radlads import TIME_MIX_KINDS, RadladsConfig
 from radlads.model.modeling_radlads import RadladsForCausalLM
-from radlads.testing import tiny_teacher  # noqa: F401  (re-exported: tests build teachers here)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 

@@ -1,6 +1,7 @@
-"""Tiny random teachers and tokenizers for tests and demos: no download, a few hundred KB of weights.
+"""Test helpers: tiny random teachers and tokenizers (no download, a few hundred KB of weights),
+folders of them, and small corpora.
 
-They are real transformers models of each supported family, so every code path that handles a
+The teachers are real transformers models of each supported family, so every code path that handles a
 real teacher (weight transfer, hooks, generation, export) runs on them unchanged.
 """
 
@@ -78,33 +79,6 @@ def _byte_char(b: int) -> str:
     return chr(256 + sum(1 for x in range(b) if x not in printable))
 
 
-class CyclingTokenStream:
-    """A resumable stand-in for data.PackedStream: cycles through `distinct` random batches.
-
-    Few distinct batches make a training loss that must fall within a handful of steps.
-    """
-
-    def __init__(self, seq_len: int, batch_size: int, seed: int, distinct: int = 2, vocab: int = TINY_VOCAB):
-        g = torch.Generator().manual_seed(seed)
-        self.batches = [torch.randint(3, vocab, (batch_size, seq_len), generator=g) for _ in range(distinct)]
-        self.position = 0
-
-    def __next__(self) -> torch.Tensor:
-        batch = self.batches[self.position % len(self.batches)]
-        self.position += 1
-        return batch.clone()
-
-    def state_dict(self) -> dict:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = state["position"]
-
-
-def cycling_stream_factory(seq_len: int, batch_size: int, seed: int) -> CyclingTokenStream:
-    return CyclingTokenStream(seq_len, batch_size, seed)
-
-
 def write_word_corpus(path, words: list[str], n_docs: int, stride: int, min_words: int, extra_words: int,
                       numbered: bool = False):
     """A small deterministic .jsonl corpus: document i is `min_words + i % extra_words` words of
@@ -119,3 +93,18 @@ def write_word_corpus(path, words: list[str], n_docs: int, stride: int, min_word
             text = " ".join(words[(i * stride + j) % len(words)] for j in range(min_words + i % extra_words))
             f.write(json.dumps({"text": f"doc {i}: {text}" if numbered else text}) + "\n")
     return path
+
+
+def save_tiny_teacher(folder, family: str = "llama", seed: int = 0, **overrides) -> str:
+    """A tiny teacher and the byte tokenizer saved as a Hugging Face folder."""
+    tiny_teacher(family, seed=seed, **overrides).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def save_tiny_student(folder, family: str = "llama", seed: int = 0, arch: str = "rwkv7") -> str:
+    """An exported student (attention transfer from a tiny teacher, untrained) with the byte tokenizer."""
+    from radlads.export import save_model
+    from radlads.transfer import build_student
+
+    return str(save_model(build_student(tiny_teacher(family, seed=seed), arch), tiny_tokenizer(), folder))
