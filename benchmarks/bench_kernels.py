@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from radlads.cli import keep_freed_memory
+from radlads.runtime import keep_freed_memory
 from radlads.ops import chunk_gla, chunk_rwkv7, recurrent_gla, recurrent_rwkv7
 
 B, H, K, HIDDEN, KV_HEADS = 1, 9, 64, 576, 3

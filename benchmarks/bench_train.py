@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from radlads.cli import keep_freed_memory
+from radlads.runtime import keep_freed_memory
 from radlads.config import load_config
 from radlads.teachers import load_teacher
 from radlads.train import train_stage

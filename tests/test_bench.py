@@ -8,7 +8,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from radlads import bench  # noqa: E402
+from radlads import bench, scoring  # noqa: E402
 from radlads.cli import main  # noqa: E402
 from helpers import save_tiny_teacher, tiny_teacher  # noqa: E402
 from radlads.transfer import build_student  # noqa: E402
@@ -129,7 +129,7 @@ def test_cache_nbytes_hybrid_student_grows_only_by_its_attention_layer():
     student = build_student(tiny_teacher("llama"), "rwkv7", attention_layers=[1])
     sizes = []
     for n in (8, 24):
-        _, cache = bench.forward_cached(student, torch.randint(3, 300, (1, n)))
+        _, cache = scoring.forward_cached(student, torch.randint(3, 300, (1, n)))
         sizes.append(bench.cache_nbytes(cache))
     kv_per_token = 2 * 2 * 16 * 4  # one layer's K and V
     assert sizes[1] - sizes[0] == kv_per_token * 16

@@ -1,15 +1,12 @@
 """The run config: paper defaults, presets <- YAML <- flags <- --set, run.yaml round trip, and
 one-line errors (exit 2 from the CLI) naming the bad key."""
 
-from pathlib import Path
-
 import pytest
 
 from radlads.cli import main
-from radlads.config import PRESETS, load_config, save_config, to_dict
+from radlads.config import PRESET_DIR, cpu_demo_tokens, load_config, preset, preset_names, save_config, to_dict
 from radlads.errors import RadladsError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_defaults_follow_radlads():
@@ -27,7 +24,7 @@ def test_precedence_preset_then_file_then_flags_then_set(tmp_path):
     f.write_text("stage1:\n  tokens: 123456\n  lr: 5.0e-4\nstage2:\n  temperature: 3\n")
     cfg = load_config("gpu-node", str(f), {"stage1": {"lr": 2e-3}}, ["stage2.temperature=2.0", "student.arch=rwkv6"])
     assert cfg.stage1.tokens == 123456  # file over preset
-    assert cfg.stage1.batch_size == PRESETS["gpu-node"]["stage1"]["batch_size"]  # preset over default
+    assert cfg.stage1.batch_size == preset("gpu-node")["stage1"]["batch_size"]  # preset over default
     assert cfg.stage1.lr == 2e-3  # flag over file
     assert cfg.stage2.temperature == 2.0  # --set over file
     assert cfg.student.arch == "rwkv6"
@@ -39,10 +36,18 @@ def test_run_yaml_round_trips(tmp_path):
     assert to_dict(load_config(config_file=str(tmp_path / "run.yaml"))) == to_dict(cfg)
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_config_files_are_the_presets(name):
-    from_file = load_config(config_file=str(CONFIGS / f"{name}.yaml"))
+@pytest.mark.parametrize("name", ["cpu-demo", "gpu-node"])
+def test_presets_are_the_packaged_yaml_files(name):
+    assert name in preset_names()
+    from_file = load_config(config_file=str(PRESET_DIR / f"{name}.yaml"))  # a preset is also a --config file
     assert to_dict(from_file) == to_dict(load_config(name))
+
+
+def test_cpu_demo_budgets_follow_the_measured_speeds():
+    spelled = preset("cpu-demo")
+    for n in (1, 2, 3):
+        s = spelled[f"stage{n}"]
+        assert s["tokens"] == cpu_demo_tokens(n, s["seq_len"], s["batch_size"]), n
 
 
 def test_cpu_demo_budget_is_about_an_hour_at_measured_speed():
@@ -125,4 +130,4 @@ def test_cli_flags_reach_the_config(tmp_path, monkeypatch):
     assert cfg.stage1.tokens == 2_000_000 and cfg.stage2.seq_len == 256 and cfg.stages == [1, 2, 3]
     assert cfg.student.arch == "rwkv6" and cfg.student.attention_layers == [1, 3]
     assert cfg.dtype == "fp32" and cfg.fsdp and seen["resume"]
-    assert cfg.stage2.tokens == PRESETS["cpu-demo"]["stage2"]["tokens"]  # untouched keys keep the preset
+    assert cfg.stage2.tokens == preset("cpu-demo")["stage2"]["tokens"]  # untouched keys keep the preset

@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from radlads import eval_lm, eval_results, eval_shards  # noqa: E402
 from radlads import evaluate as ev  # noqa: E402
 from radlads.cli import main  # noqa: E402
 from radlads.errors import RadladsError  # noqa: E402
@@ -154,15 +155,15 @@ def test_reuse_skips_tasks_already_scored_with_the_same_limit(env, capsys, tmp_p
 def test_items_score_the_asked_documents(env, monkeypatch):
     """--items A:B goes to lm-eval by document index: the requests are those of items A..B-1 only."""
     seen = []
-    original = ev.RadladsLM._loglikelihood_tokens
+    original = eval_lm.RadladsLM._loglikelihood_tokens
 
     def record(self, requests, **kwargs):
         seen.extend(key[1] for key, *_ in requests)
         return original(self, requests, **kwargs)
 
-    monkeypatch.setattr(ev.RadladsLM, "_loglikelihood_tokens", record)
+    monkeypatch.setattr(eval_lm.RadladsLM, "_loglikelihood_tokens", record)
     model, tok = load_model(env["teacher"], torch.float32)
-    lm = ev.RadladsLM(model, tok, batch_size=4, progress=False)
+    lm = eval_lm.RadladsLM(model, tok, batch_size=4, progress=False)
     task = ev._build_task("piqa", env["data"])["piqa"]
     res = ev.evaluate_task(lm, "piqa", task, (1, 3), bootstrap_iters=10, source="test")
     assert res.n == 2 and res.items == (1, 3)
@@ -205,11 +206,11 @@ def test_shards_join_to_what_one_pass_reports(env, capsys, tmp_path):
 
 def test_tile_and_pool_mean():
     pieces = [((0, 2), "a"), ((2, 5), "b"), ((0, 5), "whole"), ((5, 9), "c"), ((2, 9), "d")]
-    assert ev.tile(pieces, (0, 5)) == ["whole"]
-    assert ev.tile(pieces, (0, 9)) == ["whole", "c"]
-    assert ev.tile(pieces, (2, 9)) == ["d"]
-    assert ev.tile(pieces, (0, 8)) is None and ev.tile(pieces, (1, 5)) is None
-    assert ev.tile([((0, 3), "x"), ((3, 4), "y"), ((1, 4), "z")], (0, 4)) == ["x", "y"]
+    assert eval_shards.tile(pieces, (0, 5)) == ["whole"]
+    assert eval_shards.tile(pieces, (0, 9)) == ["whole", "c"]
+    assert eval_shards.tile(pieces, (2, 9)) == ["d"]
+    assert eval_shards.tile(pieces, (0, 8)) is None and eval_shards.tile(pieces, (1, 5)) is None
+    assert eval_shards.tile([((0, 3), "x"), ((3, 4), "y"), ((1, 4), "z")], (0, 4)) == ["x", "y"]
     gen = torch.Generator().manual_seed(0)
     values = torch.rand(40, generator=gen, dtype=torch.float64).tolist()
     values[:10] = [float(v > 0.5) for v in values[:10]]
@@ -220,7 +221,7 @@ def test_tile_and_pool_mean():
         return len(xs), m, None if sd is None else sd / len(xs) ** 0.5
 
     cuts = [0, 1, 10, 11, 25, 40]
-    mean, err = ev.pool_mean([stats(values[a:b]) for a, b in zip(cuts, cuts[1:])])
+    mean, err = eval_shards.pool_mean([stats(values[a:b]) for a, b in zip(cuts, cuts[1:])])
     _, want_mean, want_err = stats(values)
     assert mean == pytest.approx(want_mean, abs=1e-12) and err == pytest.approx(want_err, abs=1e-12)
 
@@ -249,7 +250,7 @@ def test_piqa_and_arc_match_hand_computed_loglikelihoods(env, which):
     from lm_eval.evaluator import evaluate
 
     model, tok = load_model(env[which])
-    lm = ev.RadladsLM(model, tok, batch_size=2, progress=False)
+    lm = eval_lm.RadladsLM(model, tok, batch_size=2, progress=False)
     for name, prompt, choices, gold in [
         ("piqa", lambda d: f"Question: {d['goal']}\nAnswer:", lambda d: [d["sol1"], d["sol2"]], "label"),
         ("arc_easy", lambda d: f"Question: {d['question']}\nAnswer:", lambda d: d["choices"], "gold"),
@@ -274,7 +275,7 @@ def test_requests_lambada_split_winogrande_partial_hellaswag_preprocess(env):
     from lm_eval.evaluator import evaluate
 
     model, tok = load_model(env["teacher"])
-    lm = ev.RadladsLM(model, tok, progress=False)
+    lm = eval_lm.RadladsLM(model, tok, progress=False)
 
     def arguments(name):
         out = evaluate(lm=lm, task_dict={name: build_task(name, env["data"])}, limit=1, bootstrap_iters=10,
@@ -295,7 +296,7 @@ def test_requests_lambada_split_winogrande_partial_hellaswag_preprocess(env):
 @pytest.mark.parametrize("which", ["teacher", "student"])
 def test_rolling_loglikelihood_and_chunked_scoring(env, which):
     model, tok = load_model(env[which])
-    lm = ev.RadladsLM(model, tok, batch_size=4, progress=False)
+    lm = eval_lm.RadladsLM(model, tok, batch_size=4, progress=False)
     page = wikitext_pages_from_text(WIKI_RAW)[0]
     tokens = tok.encode(page, add_special_tokens=False)
     seq = torch.tensor([lm.prefix_token_id] + tokens)
@@ -345,7 +346,7 @@ def test_real_files_load_offline_with_official_counts():
 
 
 def _result(task, chance, **metrics):
-    return ev.TaskResult(task=task, metrics={k: {"value": v[0], "stderr": v[1]} for k, v in metrics.items()},
+    return eval_results.TaskResult(task=task, metrics={k: {"value": v[0], "stderr": v[1]} for k, v in metrics.items()},
                          n=100, n_total=100, version=1.0, chance=chance, seconds=1.0, source="test")
 
 
@@ -364,7 +365,7 @@ def test_ratios_average_and_near_chance_exclusion():
         "lambada_openai": _result("lambada_openai", 0.0, acc=(0.30, 0.01), perplexity=(30.0, 1.0)),
         "wikitext": _result("wikitext", None, word_perplexity=(40.0, None)),
     }
-    r = ev.compute_ratios(student, teacher)
+    r = eval_results.compute_ratios(student, teacher)
     assert r["per_task"]["piqa"]["acc"] == pytest.approx(0.75)
     assert r["per_task"]["piqa"]["acc_norm"] == pytest.approx(0.12 / 0.22)
     assert r["per_task"]["hellaswag"]["acc_norm"] == pytest.approx(0.15 / 0.20)
@@ -375,7 +376,7 @@ def test_ratios_average_and_near_chance_exclusion():
     # piqa acc and hellaswag acc_norm only: not LAMBADA, not the near-chance winogrande
     assert r["average"] == pytest.approx((0.75 + 0.75) / 2)
 
-    table = ev.format_table({"s": student, "t": teacher}, "t", {"s": r})
+    table = eval_results.format_table({"s": student, "t": teacher}, "t", {"s": r})
     assert re.search(r"^\| winogrande \| acc \| .* \| 0\.500 ¹ \|$", table, re.M)
     assert re.search(r"^\| \*\*average\*\* .*\*\*0\.750\*\* \|$", table, re.M)
     assert "¹ Teacher within 3 standard errors of chance on winogrande" in table
@@ -383,9 +384,9 @@ def test_ratios_average_and_near_chance_exclusion():
 
 
 def test_ratio_undefined_when_teacher_exactly_at_chance():
-    assert ev.ratio(0.6, 0.5, 0.5) is None
-    assert ev.near_chance({"value": 0.5, "stderr": None}, 0.5)
-    assert not ev.near_chance({"value": 0.6, "stderr": 0.01}, 0.5)
+    assert eval_results.ratio(0.6, 0.5, 0.5) is None
+    assert eval_results.near_chance({"value": 0.5, "stderr": None}, 0.5)
+    assert not eval_results.near_chance({"value": 0.6, "stderr": 0.01}, 0.5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,7 +439,7 @@ def test_default_eval_data_dir(tmp_path):
 def test_generate_until_is_greedy_and_stops(env, which):
     """Hub tasks that generate get greedy text, cut at the first stop string."""
     model, tok = load_model(env[which])
-    lm = ev.RadladsLM(model, tok, progress=False)
+    lm = eval_lm.RadladsLM(model, tok, progress=False)
 
     class Req:
         args = ("The cat", {"until": ["e"], "max_gen_toks": 6})
@@ -454,7 +455,7 @@ def test_generate_until_is_greedy_and_stops(env, which):
 def test_shared_context_path_equals_full_sequences(env, which):
     """Choices that read their context once, from copies of its cache, score as full sequences do."""
     model, tok = load_model(env[which])
-    lm = ev.RadladsLM(model, tok, batch_size=2, progress=False)
+    lm = eval_lm.RadladsLM(model, tok, batch_size=2, progress=False)
     context = tok.encode("Question: which of these is a fruit?\nAnswer:", add_special_tokens=False)
     conts = [tok.encode(c, add_special_tokens=False) for c in [" apple", " a red brick", " x"]]
     requests = [(("q", ""), context, c) for c in conts] + [(("r", ""), context[:9], conts[1])]

@@ -12,10 +12,10 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from radlads import ppl  # noqa: E402
+from radlads import ppl, scoring  # noqa: E402
 from radlads.cli import main  # noqa: E402
 from radlads.errors import RadladsError  # noqa: E402
-from helpers import tiny_teacher, tiny_tokenizer  # noqa: E402
+from helpers import save_tiny_teacher, tiny_teacher, tiny_tokenizer  # noqa: E402
 from radlads.transfer import build_student  # noqa: E402
 
 DOCS = ["The river runs past the old mill and into the sea.", "Über den Wolken: naïve café — 東京 is a city.",
@@ -52,7 +52,7 @@ def test_chunked_through_cache_equals_one_pass(family):
     with torch.no_grad():
         full = torch.log_softmax(model(ids[None, :-1]).logits[0].float(), -1)
     expected = full.gather(-1, ids[1:, None]).squeeze(-1)[9:]
-    lp, greedy = ppl.target_logprobs(model, ids, 10, chunk=23)
+    lp, greedy = scoring.target_logprobs(model, ids, 10, chunk=23)
     torch.testing.assert_close(lp, expected, rtol=1e-4, atol=1e-4)
     assert greedy.tolist() == (full.argmax(-1) == ids[1:])[9:].tolist()
 
@@ -113,10 +113,20 @@ def test_max_tokens_cuts_the_same_text_for_all(env, capsys):
     assert res["teacher"]["bytes"] == res["student"]["bytes"] == len((kept[0] + kept[1]).encode())
 
 
-def test_txt_is_one_document(tmp_path):
+def test_documents_are_the_ones_training_reads(tmp_path, capsys):
+    """One reader for ppl and training: a .txt file's documents are its blank-line blocks for both."""
+    from radlads.data import PackedStream
+
     f = tmp_path / "a.txt"
-    f.write_text("line one\n\nline two\n")
-    assert ppl.read_documents(str(f)) == ["line one\n\nline two\n"]
+    f.write_text("line one\nstill one\n\nline two\n")
+    assert ppl.read_documents(str(f)) == ["line one\nstill one", "line two"]
+    tok = tiny_tokenizer()
+    seq = len(tok.encode("line one\nstill one", add_special_tokens=False)) + 1  # the first document and its EOS
+    stream = PackedStream(str(f), tok, seq, 1, split="all", shuffle=False, loop=False)
+    assert tok.decode(next(stream)[0]) == "line one\nstill one</s>"
+    out_json = tmp_path / "txt.json"
+    assert main(["ppl", save_tiny_teacher(tmp_path / "t"), "--data", str(f), "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["models"]["t"]["documents"] == 2
 
 
 def _fails(capsys, argv, pattern):
@@ -128,16 +138,17 @@ def _fails(capsys, argv, pattern):
 
 def test_bad_inputs(env, capsys, tmp_path):
     t = env["teacher"]
-    _fails(capsys, ["ppl", t, "--data", str(tmp_path / "missing.jsonl")], r"--data file not found")
+    _fails(capsys, ["ppl", t, "--data", str(tmp_path / "missing.jsonl")], r"data not found")
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"text": "   "}\n\n')
     _fails(capsys, ["ppl", t, "--data", str(empty)], r"holds no text")
     bad = tmp_path / "x.csv"
     bad.write_text("a,b\n")
-    _fails(capsys, ["ppl", t, "--data", str(bad)], r"must be a \.txt or \.jsonl")
+    _fails(capsys, ["ppl", t, "--data", str(bad)], r"unsupported data file .*x\.csv")
     nofield = tmp_path / "n.jsonl"
     nofield.write_text('{"body": "hello"}\n')
-    _fails(capsys, ["ppl", t, "--data", str(nofield)], r"line 1 has no string field `text`")
+    _fails(capsys, ["ppl", t, "--data", str(nofield)], r"no line of n\.jsonl has the field 'text' \(keys: body\)")
+    assert main(["ppl", t, "--data", str(nofield), "--text-field", "body"]) == 0
     _fails(capsys, ["ppl", t, "--data", env["data"], "--max-tokens", "0"], r"--max-tokens must be >= 1")
     _fails(capsys, ["ppl", t, "--data", env["data"], "--window", "8", "--stride", "8"], r"must be smaller than --window")
     _fails(capsys, ["ppl", t, "--data", env["data"], "--window", "100000"], r"exceeds teacher's context")

@@ -1,4 +1,4 @@
-"""`radlads bench`: prefill speed, decode speed, peak memory and cache size per context length.
+"""Prefill speed, decode speed, peak memory and cache size per context length (`radlads bench`).
 
 For each model and context length L:
   - prefill: L random token ids (seeded; the content does not change the cost of either kind of
@@ -25,7 +25,6 @@ trust on a shared machine, where the two separate per-context runs see different
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -36,13 +35,16 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from radlads.dtypes import torch_dtype
 from radlads.errors import RadladsError
+from radlads.loading import load_model
+from radlads.scoring import context_limit, forward_cached, is_recurrent, skip_reason
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FLATNESS_TARGET = 1.15  # student decode max/min across contexts: within 15%
 SPEEDUP_TARGET = 5.0  # student decode speedup over the teacher at the largest context
 WARMUP_TOKENS = 16  # a short forward before measuring, so one-time initialisation is not timed
@@ -50,44 +52,8 @@ CONTEXT_SEED = 0
 
 
 # --------------------------------------------------------------------------------------------
-# Model-agnostic pieces (also used by passkey and generate)
+# Cache size
 # --------------------------------------------------------------------------------------------
-
-
-def is_recurrent(model) -> bool:
-    return getattr(model.config, "model_type", None) == "radlads"
-
-
-def context_limit(model) -> int | None:
-    """Longest context a model is meant for: None for a recurrent student (no limit)."""
-    if is_recurrent(model):
-        return None
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    limit = getattr(config, "max_position_embeddings", None)
-    return int(limit) if limit else None
-
-
-def forward_cached(model, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 1):
-    """(logits of the last positions, updated cache) for a student or a transformers teacher.
-
-    Both take the state as `cache` (transformers >= 5; `past_key_values` before) and return it as
-    `out.cache` / `out.past_key_values`.
-    """
-    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
-    new_cache = out.get("cache")
-    if new_cache is None:
-        new_cache = out.get("past_key_values")
-    return out.logits, new_cache
-
-
-def load_quietly(spec: str, dtype: torch.dtype):
-    """load_model without transformers' per-tensor progress bar, which would clutter the report."""
-    from transformers.utils import logging as hf_logging
-
-    from radlads.loading import load_model
-
-    hf_logging.disable_progress_bar()
-    return load_model(spec, dtype)
 
 
 def cache_nbytes(cache) -> int:
@@ -274,12 +240,6 @@ def paired_decode(model, other, context: int, steps: int, prefill_chunk: int = 0
     }
 
 
-def skip_reason(limit: int | None, context: int, past_limit: bool = False) -> str | None:
-    if limit is not None and context > limit and not past_limit:
-        return f"context {context} > max_position_embeddings {limit}"
-    return None
-
-
 def bench_model(model, contexts: list[int], decode_tokens: int, prefill_chunk: int = 0,
                 past_limit: bool = False) -> list[dict]:
     """Every context for one already-loaded model (the --in-process path)."""
@@ -320,9 +280,9 @@ def _worker(job_file: str) -> int:
     try:
         if job.get("threads"):
             torch.set_num_threads(job["threads"])
-        model, _ = load_quietly(job["spec"], DTYPES[job["dtype"]])
+        model, _ = load_model(job["spec"], torch_dtype(job["dtype"]), quiet=True)
         if job.get("paired_with"):
-            other, _ = load_quietly(job["paired_with"], DTYPES[job["dtype"]])
+            other, _ = load_model(job["paired_with"], torch_dtype(job["dtype"]), quiet=True)
             paired = paired_decode(model, other, job["context"], job["decode_tokens"], job["prefill_chunk"])
             Path(job["out"]).write_text(json.dumps({"paired": paired}))
             return 0
@@ -341,12 +301,13 @@ def _worker(job_file: str) -> int:
     return 0
 
 
-def _run_worker(spec: str, context: int, args, paired_with: str | None = None) -> dict:
+def _run_worker(spec: str, context: int, settings: BenchSettings, paired_with: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="radlads-bench-") as tmp:
         job = {
-            "spec": spec, "context": context, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
-            "threads": args.threads, "prefill_chunk": args.prefill_chunk, "past_limit": args.past_context_limit,
-            "paired_with": paired_with, "out": str(Path(tmp) / "result.json"),
+            "spec": spec, "context": context, "decode_tokens": settings.decode_tokens, "dtype": settings.dtype,
+            "threads": settings.threads, "prefill_chunk": settings.prefill_chunk,
+            "past_limit": settings.past_context_limit, "paired_with": paired_with,
+            "out": str(Path(tmp) / "result.json"),
         }
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job))
@@ -361,15 +322,15 @@ def _run_worker(spec: str, context: int, args, paired_with: str | None = None) -
         return json.loads(Path(job["out"]).read_text())
 
 
-def bench_spec_subprocess(spec: str, contexts: list[int], args) -> tuple[dict, list[dict], int]:
+def bench_spec_subprocess(spec: str, settings: BenchSettings) -> tuple[dict, list[dict], int]:
     """(model info, rows, threads) for one model spec, each context in a fresh worker process."""
     info, rows, threads = None, [], None
-    for context in contexts:  # ascending: the first worker tells us the teacher's limit
-        reason = skip_reason(info["context_limit"], context, args.past_context_limit) if info else None
+    for context in settings.contexts:  # ascending: the first worker tells us the teacher's limit
+        reason = skip_reason(info["context_limit"], context, settings.past_context_limit) if info else None
         if reason:
             rows.append({"context": context, "skipped": reason})
             continue
-        result = _run_worker(spec, context, args)
+        result = _run_worker(spec, context, settings)
         info, threads = result["info"], result["threads"]
         rows.append(result["row"])
     return info, rows, threads
@@ -489,66 +450,20 @@ def plot(models: list[dict], path: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# CLI
+# The whole measurement
 # --------------------------------------------------------------------------------------------
 
 
-def parse_contexts(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise RadladsError(f"--contexts takes comma-separated token counts, e.g. 512,2048, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise RadladsError(f"--contexts values must be positive token counts, got {text!r}")
-    return sorted(set(values))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.epilog = ("Contexts are random token ids. Each (model, context) runs in a fresh process whose RSS "
-                "high-water mark is reset after loading, so peak RSS = resident weights + that context's "
-                "prefill and decode. Teachers skip contexts beyond their max_position_embeddings unless "
-                "--past-context-limit is given.")
-    p.add_argument("model", metavar="MODEL", help="student folder or teacher spec (folder, .gguf, preset, hub id)")
-    p.add_argument("--vs", default=None, metavar="TEACHER", help="a second model to compare against (usually the teacher)")
-    p.add_argument("--contexts", default="512,2048,8192,16384", metavar="L,L,...",
-                   help="context lengths in tokens (random token ids)")
-    p.add_argument("--decode-tokens", type=int, default=32, metavar="N", help="greedy decode steps per context")
-    p.add_argument("--prefill-chunk", type=int, default=0, metavar="N",
-                   help="prefill through the cache N tokens at a time (default: one forward)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
-    p.add_argument("--past-context-limit", action="store_true",
-                   help="also time teachers beyond max_position_embeddings: their output there is not "
-                   "meaningful, but the speed and memory of their KV cache are")
-    p.add_argument("--in-process", action="store_true",
-                   help="measure all contexts in this process instead of one fresh process each (faster, "
-                   "peak RSS less clean)")
-    p.add_argument("--paired", action="store_true",
-                   help="with --vs: also time both models' decode steps in turn in one process at the largest "
-                   "context both ran, and report the median of the per-pair ratios (far less affected by "
-                   "other processes than the ratio of two separate medians)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the raw numbers here")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="decode ms/token and state bytes vs context")
-
-
-def _check_output(path: str | None, flag: str) -> None:
-    if path is not None and not Path(path).resolve().parent.is_dir():
-        raise RadladsError(f"{flag} {path}: folder {Path(path).resolve().parent} does not exist")
-
-
-def validate(args) -> list[int]:
-    contexts = parse_contexts(args.contexts)
-    if args.decode_tokens < 1:
-        raise RadladsError(f"--decode-tokens must be >= 1, got {args.decode_tokens}")
-    if args.prefill_chunk < 0:
-        raise RadladsError(f"--prefill-chunk must be >= 0, got {args.prefill_chunk}")
-    if args.threads is not None and args.threads < 1:
-        raise RadladsError(f"--threads must be >= 1, got {args.threads}")
-    if args.paired and not args.vs:
-        raise RadladsError("--paired compares two models: give the second with --vs")
-    _check_output(args.json, "--json")
-    _check_output(args.plot, "--plot")
-    return contexts
+@dataclass
+class BenchSettings:
+    contexts: list[int]  # ascending
+    decode_tokens: int = 32
+    prefill_chunk: int = 0
+    dtype: str = "fp32"
+    threads: int | None = None
+    past_context_limit: bool = False
+    in_process: bool = False
+    paired: bool = False
 
 
 def load_average() -> str:
@@ -569,63 +484,64 @@ def check_spec(spec: str) -> None:
         resolve_teacher(spec)
 
 
-def run(args) -> int:
+def _load_in_process(spec: str, settings: BenchSettings):
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return load_model(spec, torch_dtype(settings.dtype), quiet=True)[0]
+
+
+def run_bench(specs: list[str], settings: BenchSettings) -> dict:
+    """Every context for each model (the first is the one measured, a second the one it is compared
+    with), the summary, and with `paired` the paired decode run: the report `--json` writes."""
     from radlads.loading import model_label
 
-    contexts = validate(args)
-    specs = [args.model] + ([args.vs] if args.vs else [])
     for spec in specs:
         check_spec(spec)
     models = []
     for spec in specs:
-        if args.in_process:
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            model, _ = load_quietly(spec, DTYPES[args.dtype])
-            rows = bench_model(model, contexts, args.decode_tokens, args.prefill_chunk, args.past_context_limit)
+        if settings.in_process:
+            model = _load_in_process(spec, settings)
+            rows = bench_model(model, settings.contexts, settings.decode_tokens, settings.prefill_chunk,
+                               settings.past_context_limit)
             info, threads = _model_info(model), torch.get_num_threads()
             del model
             gc.collect()
         else:
-            info, rows, threads = bench_spec_subprocess(spec, contexts, args)
+            info, rows, threads = bench_spec_subprocess(spec, settings)
         models.append({"label": model_label(spec), "spec": spec, **info, "threads": threads, "rows": rows})
         for r in rows:
             if r.get("skipped"):
                 print(f"note: {model_label(spec)} skipped at {r['context']}: {r['skipped']}", file=sys.stderr)
 
     summary = summarize(models)
-    if args.paired and "speedup" in summary:
+    if settings.paired and "speedup" in summary:
         context = summary["speedup"]["context"]
-        if args.in_process:
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            model, other = (load_quietly(spec, DTYPES[args.dtype])[0] for spec in specs)
-            summary["paired"] = paired_decode(model, other, context, args.decode_tokens, args.prefill_chunk)
+        if settings.in_process:
+            model, other = (_load_in_process(spec, settings) for spec in specs)
+            summary["paired"] = paired_decode(model, other, context, settings.decode_tokens, settings.prefill_chunk)
             del model, other
         else:
-            summary["paired"] = _run_worker(specs[0], context, args, paired_with=specs[1])["paired"]
+            summary["paired"] = _run_worker(specs[0], context, settings, paired_with=specs[1])["paired"]
     method = next((r["memory_method"] for m in models for r in m["rows"] if not r.get("skipped")), None)
-    print(markdown_table(models))
-    print()
-    print(f"context = random token ids (seed {CONTEXT_SEED}); decode = median of {args.decode_tokens} greedy steps; "
-          f"dtype {args.dtype}; threads {models[0]['threads']}; peak RSS: "
-          f"{'one process per context' if not args.in_process else 'in-process'}, {method}; "
-          f"load average {load_average()} (timings are noisy on a busy machine)")
-    for line in summary_lines(models, summary, contexts):
-        print(line)
+    return {
+        "contexts": settings.contexts, "decode_tokens": settings.decode_tokens, "dtype": settings.dtype,
+        "prefill_chunk": settings.prefill_chunk, "isolation": "in-process" if settings.in_process else "subprocess",
+        "memory_method": method, "context_tokens": f"random ids, seed {CONTEXT_SEED}",
+        "load_average_after": load_average(), "cpu_count": os.cpu_count(),
+        "models": models, "summary": summary,
+    }
 
-    if args.json:
-        report = {
-            "contexts": contexts, "decode_tokens": args.decode_tokens, "dtype": args.dtype,
-            "prefill_chunk": args.prefill_chunk, "isolation": "in-process" if args.in_process else "subprocess",
-            "memory_method": method, "context_tokens": f"random ids, seed {CONTEXT_SEED}",
-            "load_average_after": load_average(), "cpu_count": os.cpu_count(),
-            "models": models, "summary": summary,
-        }
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    if args.plot:
-        plot(models, args.plot)
-    return 0
+
+def report_text(report: dict) -> str:
+    """The table, the line saying how it was measured, and the targets met or missed."""
+    models = report["models"]
+    lines = [markdown_table(models), "",
+             f"context = random token ids (seed {CONTEXT_SEED}); decode = median of {report['decode_tokens']} greedy "
+             f"steps; dtype {report['dtype']}; threads {models[0]['threads']}; peak RSS: "
+             f"{'one process per context' if report['isolation'] == 'subprocess' else 'in-process'}, "
+             f"{report['memory_method']}; load average {report['load_average_after']} (timings are noisy on a busy "
+             f"machine)"]
+    return "\n".join(lines + summary_lines(models, report["summary"], report["contexts"]))
 
 
 if __name__ == "__main__":

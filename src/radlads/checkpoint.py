@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from radlads import distributed as dist
 from radlads.errors import RadladsError
+from radlads.rng import rng_state, set_rng_state
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -64,28 +64,6 @@ def _dedup(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(key)
         out[name] = t.detach().contiguous()
     return out
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state().tolist(), "python": _py_rng_to_json(random.getstate())}
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    random.setstate(_py_rng_from_json(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-
-
-def _py_rng_to_json(s):
-    return [s[0], list(s[1]), s[2]]
-
-
-def _py_rng_from_json(s):
-    return (s[0], tuple(s[1]), s[2])
 
 
 def save_checkpoint(folder: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> Path:

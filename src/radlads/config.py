@@ -97,44 +97,45 @@ class RunConfig:
 
 # Tokens/s of each stage on this project's 2-core CPU with the smollm2-135m teacher (fp32, 2 threads,
 # seq 512; stage 3 at seq 2048), measured on a quiet machine with benchmarks/bench_train.py.
-# The cpu-demo budget is derived from them: about 25 minutes of stage 1 and 25 of stage 2, so a
-# whole `radlads convert --preset cpu-demo` (plus loading, validation and export) takes an hour.
+# The cpu-demo budget (presets/cpu-demo.yaml) is derived from them: about 25 minutes of stage 1 and
+# 25 of stage 2, so a whole `radlads convert --preset cpu-demo` (plus loading, validation and
+# export) takes an hour; tests/test_config.py checks the file against cpu_demo_tokens.
 CPU_DEMO_TOK_S = {1: 179.0, 2: 60.0, 3: 60.0}
 CPU_DEMO_MINUTES = {1: 25, 2: 25, 3: 10}
 
 
-def _cpu_demo_tokens(stage: int, seq_len: int, batch_size: int) -> int:
+def cpu_demo_tokens(stage: int, seq_len: int, batch_size: int) -> int:
     """The token budget that fills the stage's minutes at the measured speed, in whole steps."""
     step_tokens = seq_len * batch_size
     return max(1, round(CPU_DEMO_TOK_S[stage] * 60 * CPU_DEMO_MINUTES[stage] / step_tokens)) * step_tokens
 
 
-# Presets are partial configs over the defaults; configs/<name>.yaml spell out the same values.
-PRESETS: dict[str, dict] = {
-    "cpu-demo": {
-        "dtype": "fp32",  # this CPU has no native bf16: autocast would emulate it, slower
-        "eval_every": 20,
-        "save_every": 10,
-        "data": {"valid_sequences": 4},
-        # micro-batches of one sequence (grad_accum = batch_size) keep the memory of a 49k-token
-        # vocabulary's logits to a few hundred MB
-        "stage1": {"tokens": _cpu_demo_tokens(1, 512, 8), "seq_len": 512, "batch_size": 8, "grad_accum": 8,
-                   "lr": 1e-3, "lr_final": 1e-5, "warmup_steps": 5},
-        "stage2": {"tokens": _cpu_demo_tokens(2, 512, 4), "seq_len": 512, "batch_size": 4, "grad_accum": 4,
-                   "lr": 1e-5, "lr_final": 1e-5},
-        "stage3": {"tokens": _cpu_demo_tokens(3, 2048, 1), "seq_len": 2048, "batch_size": 1},
-    },
-    "gpu-node": {  # RADLADS scale on one 8-GPU node: 100M + 250M tokens at 512, 16k-token stage 3
-        "dtype": "bf16",
-        "eval_every": 500,
-        "save_every": 500,
-        "data": {"valid_sequences": 64},
-        "stage1": {"tokens": 100_000_000, "seq_len": 512, "batch_size": 32, "lr": 1e-3, "lr_final": 1e-5,
-                   "warmup_steps": 100},
-        "stage2": {"tokens": 250_000_000, "seq_len": 512, "batch_size": 32, "lr": 1e-5, "lr_final": 1e-5},
-        "stage3": {"tokens": 100_000_000, "seq_len": 16384, "batch_size": 8},
-    },
-}
+# Presets are partial configs over the defaults, one YAML file each in radlads/presets/ (shipped
+# inside the package, so an installed radlads finds them).
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset(name: str) -> dict:
+    """A preset's keys, as its YAML file spells them."""
+    if name not in preset_names():
+        raise RadladsError(f"unknown preset {name!r}: choose one of {', '.join(preset_names())}")
+    return _read_yaml(PRESET_DIR / f"{name}.yaml")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise RadladsError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RadladsError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise RadladsError(f"{path} must hold a mapping of config keys")
+    return loaded
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,25 +233,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def load_config(preset: str | None = None, config_file: str | None = None, overrides: dict | None = None,
+def load_config(preset_name: str | None = None, config_file: str | None = None, overrides: dict | None = None,
                 sets: list[str] | None = None) -> RunConfig:
     """defaults <- preset <- YAML file <- explicit overrides <- `--set key.path=value` items."""
     cfg = RunConfig()
-    if preset:
-        if preset not in PRESETS:
-            raise RadladsError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        merge(cfg, PRESETS[preset])
+    if preset_name:
+        merge(cfg, preset(preset_name))
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise RadladsError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RadladsError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise RadladsError(f"{path} must hold a mapping of config keys")
-        merge(cfg, loaded)
+        merge(cfg, _read_yaml(Path(config_file)))
     if overrides:
         merge(cfg, overrides)
     for item in sets or []:
@@ -276,55 +266,3 @@ def to_dict(cfg: RunConfig) -> dict:
 
 def save_config(cfg: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def add_config_arguments(p) -> None:
-    """Flags shared by `convert` and `train`; each maps onto a config key."""
-    p.add_argument("--config", help="YAML file with any config keys (CLI flags override it)")
-    p.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set stage2.temperature=2.0 (repeatable)")
-    p.add_argument("--data", help="training data spec (file, folder, glob, hf:NAME, or 'teacher')")
-    p.add_argument("--valid-data", help="held-out text spec (default: a hash slice of --data)")
-    p.add_argument("--text-field", help="JSON/parquet field holding the text (default: text)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--dtype", choices=["fp32", "bf16"])
-    p.add_argument("--threads", type=int, help="torch threads per process")
-    for n in (1, 2, 3):
-        p.add_argument(f"--stage{n}-tokens", type=float, metavar="N", help=f"stage {n} token budget (e.g. 2e6)")
-        p.add_argument(f"--stage{n}-seq-len", type=int, metavar="N")
-        p.add_argument(f"--stage{n}-batch-size", type=int, metavar="N", help="global sequences per step")
-        p.add_argument(f"--stage{n}-lr", type=float, metavar="LR")
-    p.add_argument("--eval-every", type=int, metavar="STEPS")
-    p.add_argument("--save-every", type=int, metavar="STEPS")
-    p.add_argument("--fsdp", action="store_true", default=None, help="shard the student with FSDP2 (torchrun)")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
-    p.add_argument("--stop-after-steps", type=int, metavar="N",
-                   help="stop (resumably) after N optimizer steps in this invocation, e.g. to time-box a run")
-
-
-def overrides_from_args(args) -> dict:
-    """The config keys the user set explicitly on the command line."""
-    o: dict = {}
-
-    def put(path: str, value):
-        if value is None:
-            return
-        node = o
-        parts = path.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-
-    put("data.spec", getattr(args, "data", None))
-    put("data.valid_spec", getattr(args, "valid_data", None))
-    put("data.text_field", getattr(args, "text_field", None))
-    for key in ("seed", "dtype", "threads", "eval_every", "save_every", "fsdp"):
-        put(key, getattr(args, key, None))
-    for n in (1, 2, 3):
-        tokens = getattr(args, f"stage{n}_tokens", None)
-        put(f"stage{n}.tokens", int(tokens) if tokens is not None else None)
-        put(f"stage{n}.seq_len", getattr(args, f"stage{n}_seq_len", None))
-        put(f"stage{n}.batch_size", getattr(args, f"stage{n}_batch_size", None))
-        put(f"stage{n}.lr", getattr(args, f"stage{n}_lr", None))
-    return o

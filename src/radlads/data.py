@@ -62,6 +62,7 @@ from typing import Iterator
 import torch
 
 from radlads.errors import RadladsError
+from radlads.rng import python_rng_from_json, python_rng_to_json
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet")
 TOKENIZE_DOCS = 64  # documents per tokenizer call: the fast tokenizer parallelises within a call
@@ -340,6 +341,34 @@ def _read_hf(spec: str, field: str, start: int, stats: _Stats, limit):
         raise RadladsError(f"cannot stream {spec}: {_first_line(e)}") from None
 
 
+def sources(spec: str) -> list:
+    """What a spec reads, in order: its sorted files, or the one `hf:` dataset name."""
+    return [spec] if spec.startswith("hf:") else resolve_files(spec)
+
+
+def _check_source(name: str, field: str, stats: _Stats) -> None:
+    """After a whole pass over one source: fail when none of it could ever be used."""
+    problem = stats.hopeless(name, field, complete=True)
+    if problem:
+        raise RadladsError(problem)
+
+
+def _warn_skipped(name: str, stats: _Stats) -> None:
+    if stats.reasons and os.environ.get("RANK", "0") == "0":
+        print(f"radlads: warning: {stats.summary(name)}", file=sys.stderr)
+
+
+def read_texts(spec: str, text_field: str = "text") -> Iterator[str]:
+    """Every usable document of a data spec, source by source: the documents training reads from it
+    (before any hold-out split), for the commands that score text (`radlads ppl`)."""
+    for source in sources(spec):
+        stats = _Stats()
+        for _, text in read_documents(source, text_field, 0, stats):
+            yield text
+        _check_source(_name(source), text_field, stats)
+        _warn_skipped(_name(source), stats)
+
+
 # --------------------------------------------------------------------------------------------
 # The packed, shuffled, resumable stream
 # --------------------------------------------------------------------------------------------
@@ -369,7 +398,7 @@ class PackedStream:
         self.seed, self.text_field, self.split, self.valid_fraction = seed, text_field, split, valid_fraction
         self.shuffle, self.loop, self.eos = shuffle, loop, tokenizer.eos_token_id
         self.capacity = max(1, shuffle_buffer) if shuffle else 1
-        self.sources: list = [spec] if spec.startswith("hf:") else resolve_files(spec)
+        self.sources: list = sources(spec)
         self._files_digest = hashlib.sha1("\n".join(map(str, self.sources)).encode()).hexdigest()[:16]
         self._threshold = int(valid_fraction * 2**64)
         self._forced_valid = self._probe()
@@ -466,7 +495,7 @@ class PackedStream:
         return {
             "version": STATE_VERSION, "seq_len": self.seq_len, "seed": self.seed, "files": self._files_digest,
             "n_files": len(self.sources), "position": position, "consumed": consumed,
-            "buffer": [list(s) for s in self.buffer], "rng": _rng_to_json(self.rng.getstate()),
+            "buffer": [list(s) for s in self.buffer], "rng": python_rng_to_json(self.rng.getstate()),
             "tokens_emitted": self.tokens_emitted,
         }
 
@@ -481,7 +510,7 @@ class PackedStream:
                                f"{len(self.sources)} now): resume with the same data")
         self._set_position(state["position"])
         self.buffer = [list(s) for s in state["buffer"]]
-        self.rng.setstate(_rng_from_json(state["rng"]))
+        self.rng.setstate(python_rng_from_json(state["rng"]))
         self.tokens_emitted = state["tokens_emitted"]
         self.pending.clear()
         self._chunk, self._consumed = self._position(), 0
@@ -567,14 +596,11 @@ class PackedStream:
         source, stats = self.order[self.file_idx], self._stats
         name = _name(source)
         if self._from_start:
-            problem = stats.hopeless(name, self.text_field, complete=True)
-            if problem:
-                raise RadladsError(problem)
+            _check_source(name, self.text_field, stats)
             if name not in self._reported:
                 self._reported.add(name)
                 self.skipped.update(stats.reasons)
-                if stats.reasons and os.environ.get("RANK", "0") == "0":
-                    print(f"radlads: warning: {stats.summary(name)}", file=sys.stderr)
+                _warn_skipped(name, stats)
         self._docs = None
         self.file_idx += 1
         self.doc_pos = 0
@@ -591,16 +617,6 @@ class PackedStream:
 
 def _name(source) -> str:
     return source if isinstance(source, str) else source.name
-
-
-def _rng_to_json(state):
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _rng_from_json(state):
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
 
 
 def validation_batches(spec: str, tokenizer, seq_len: int, n_sequences: int, text_field: str = "text",

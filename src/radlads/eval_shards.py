@@ -1,4 +1,4 @@
-"""Item ranges of a task, and joining results scored on adjacent ranges into one.
+"""Item ranges of a task, and joining results scored on adjacent ranges into one (`eval --reuse`).
 
 A full hellaswag pass is hours on one CPU core. `radlads eval --items A:B` scores part of a task
 (a shard), and `--reuse` joins shards that tile the range asked for, so a long evaluation can be
@@ -13,12 +13,15 @@ from summaries, so their shards are not joined and the task runs again.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from pathlib import Path
 from typing import Sequence, TypeVar
 
 from radlads.errors import RadladsError
+from radlads.eval_results import ItemRange, TaskResult
 
-ItemRange = tuple[int, int]  # [start, end) in the task's document order
 R = TypeVar("R")
 
 
@@ -87,3 +90,83 @@ def pool_mean(parts: Sequence[tuple[int, float, float | None]]) -> tuple[float, 
             squares += err * err * n * (n - 1)
         squares += n * (m - mean) ** 2
     return mean, math.sqrt(squares / (total - 1)) / math.sqrt(total)
+
+
+# --------------------------------------------------------------------------------------------
+# Joining, and reusing earlier --json results
+# --------------------------------------------------------------------------------------------
+
+
+def join_shards(name: str, task, shards: list[TaskResult]) -> TaskResult:
+    """One result from results on adjacent item ranges (see the module docstring for when it is exact)."""
+    from lm_eval.api.metrics import mean
+
+    aggregation = task.aggregation()
+    first = shards[0]
+    for s in shards[1:]:
+        if (s.version, s.source, set(s.metrics)) != (first.version, first.source, set(first.metrics)):
+            raise RadladsError(f"cannot join {name} shards: they differ in task version, data file or metrics")
+    for s in shards:
+        if s.n != s.items[1] - s.items[0]:
+            raise RadladsError(f"cannot join {name} shards: items {s.items[0]}:{s.items[1]} scored {s.n} items")
+    metrics = {}
+    for label in first.metrics:
+        if aggregation.get(label.split(" (")[0]) is not mean:
+            raise RadladsError(f"cannot join {name} shards: {label} is not a mean of per-item values")
+        value, err = pool_mean([(s.n, s.metrics[label]["value"], s.metrics[label]["stderr"]) for s in shards])
+        metrics[label] = {"value": value, "stderr": err}
+    n = sum(s.n for s in shards)
+    chances = [s.chance for s in shards]
+    return TaskResult(
+        task=name, metrics=metrics, n=n, n_total=first.n_total, version=first.version,
+        chance=None if None in chances else sum(s.n * s.chance for s in shards) / n,
+        seconds=sum(s.seconds for s in shards), source=first.source, higher_is_better=first.higher_is_better,
+        items=(shards[0].items[0], shards[-1].items[1]),
+        parts=[p for s in shards for p in (s.parts or [{"items": list(s.items)}])],
+    )
+
+
+def load_reusable(paths: list[str], dtype: str) -> dict[str, dict[str, list[tuple[ItemRange, TaskResult]]]]:
+    """spec -> task -> [(item range, result)], from earlier --json files scored with the same dtype.
+
+    Evaluating a teacher on CPU takes most of an hour; comparing a new student with it should not
+    repeat that. Results in another dtype would not be comparable, so they are ignored; which
+    items a result covers is matched per task by the caller.
+    """
+    reusable: dict[str, dict[str, list[tuple[ItemRange, TaskResult]]]] = {}
+    for path in paths:
+        try:
+            payload = json.loads(Path(path).read_text())
+            if payload.get("dtype") != dtype:
+                print(f"radlads eval: not reusing {path}: it was scored with --dtype {payload.get('dtype')}",
+                      file=sys.stderr)
+                continue
+            for info in payload["models"].values():
+                tasks = reusable.setdefault(info["spec"], {})
+                for name, r in info["tasks"].items():
+                    result = TaskResult.from_json(name, r, path)
+                    tasks.setdefault(name, []).append((result.items, result))
+        except FileNotFoundError:
+            raise RadladsError(f"--reuse {path}: file not found") from None
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            raise RadladsError(f"--reuse {path}: not a radlads eval --json file ({type(e).__name__}: {e})") from None
+    return reusable
+
+
+def reuse_result(label: str, name: str, task, want: ItemRange,
+                 pieces: list[tuple[ItemRange, TaskResult]]) -> TaskResult | None:
+    """An earlier result on exactly the items `want`, or one joined from shards that tile them."""
+    chosen = tile(pieces, want)
+    if chosen is None:
+        return None
+    if len(chosen) == 1:
+        print(f"{label} {name}: reused", file=sys.stderr)
+        return chosen[0]
+    try:
+        joined = join_shards(name, task, chosen)
+    except RadladsError as e:
+        print(f"{label} {name}: not reused: {e}", file=sys.stderr)
+        return None
+    spans = ", ".join(f"{a}:{b}" for a, b in (s.items for s in chosen))
+    print(f"{label} {name}: reused, joined from {len(chosen)} shards ({spans})", file=sys.stderr)
+    return joined

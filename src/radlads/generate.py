@@ -1,4 +1,4 @@
-"""`radlads generate`: stream a model's continuation of a prompt to stdout, token by token.
+"""Stream a model's continuation of a prompt to stdout, token by token (`radlads generate`).
 
 Generation is transformers' `model.generate` (the student carries its recurrent state through
 it, the teacher its KV cache), so sampling is exactly what `model.generate` does with the same
@@ -10,14 +10,12 @@ Speed goes to stderr, so stdout holds only the generated text.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from radlads.bench import DTYPES, context_limit, load_quietly
 from radlads.errors import RadladsError
 
 
@@ -112,47 +110,21 @@ def speed_line(streamer: StdoutStreamer, prompt_tokens: int) -> str:
     return line
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
+def generate_text(spec: str, prompt: str, chat: bool = False, system: str | None = None, max_new_tokens: int = 128,
+                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+                  dtype: str = "fp32") -> StdoutStreamer:
+    """Load a model, stream its continuation of `prompt` to stdout, and say how fast on stderr."""
+    from radlads.dtypes import torch_dtype
+    from radlads.loading import load_model
+    from radlads.scoring import context_limit
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="student folder or teacher spec (folder, .gguf, preset, hub id)")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt; - reads it from stdin")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    p.add_argument("--system", default=None, metavar="TEXT", help="system message (with --chat)")
-    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1 = off)")
-    p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K likeliest tokens (0 = off)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-
-
-def validate(args) -> None:
-    if args.max_new_tokens < 1:
-        raise RadladsError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise RadladsError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise RadladsError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
-        raise RadladsError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
-    if args.system and not args.chat:
-        raise RadladsError("--system needs --chat (a system message only exists in a chat template)")
-
-
-def run(args) -> int:
-    validate(args)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model, tokenizer = load_quietly(args.model, DTYPES[args.dtype])
-    input_ids = encode_prompt(tokenizer, prompt, args.chat, args.system)
+    model, tokenizer = load_model(spec, torch_dtype(dtype), quiet=True)
+    input_ids = encode_prompt(tokenizer, prompt, chat, system)
     limit = context_limit(model)
-    if limit is not None and input_ids.shape[1] + args.max_new_tokens > limit:
-        print(f"note: prompt + new tokens ({input_ids.shape[1] + args.max_new_tokens}) exceed the model's "
+    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
+        print(f"note: prompt + new tokens ({input_ids.shape[1] + max_new_tokens}) exceed the model's "
               f"max_position_embeddings ({limit}); output past it may degrade", file=sys.stderr)
-    config = generation_config(model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.top_k)
-    streamer = stream_generate(model, tokenizer, input_ids, config, args.seed)
+    config = generation_config(model, tokenizer, max_new_tokens, temperature, top_p, top_k)
+    streamer = stream_generate(model, tokenizer, input_ids, config, seed)
     print(speed_line(streamer, input_ids.shape[1]), file=sys.stderr)
-    return 0
+    return streamer

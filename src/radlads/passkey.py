@@ -1,4 +1,4 @@
-"""`radlads passkey`: the passkey-retrieval test, accuracy per context length and key depth.
+"""The passkey-retrieval test, accuracy per context length and key depth (`radlads passkey`).
 
 The prompt (after Mohtashami & Jaggi, 2023) is a task line, then the filler sentence block
 repeated to about the requested number of tokens, with "The pass key is NNNNN. Remember it.
@@ -12,17 +12,13 @@ A teacher is not run on lengths beyond its max_position_embeddings (noted, not a
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import re
 import sys
-from pathlib import Path
 
 import torch
 
-from radlads.bench import DTYPES, context_limit, load_quietly, skip_reason
-from radlads.errors import RadladsError
+from radlads.scoring import context_limit, skip_reason
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
         "I will quiz you about the important information there.")
@@ -111,55 +107,14 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
+def passkey_test(spec: str, lengths: list[int], depths: list[float], trials: int = 1, seed: int = 0,
+                 max_new_tokens: int = 8, dtype: str = "fp32") -> dict:
+    """Load a model and run every cell, saying each cell's accuracy on stderr as it finishes."""
+    from radlads.dtypes import torch_dtype
+    from radlads.loading import load_model, model_label
 
-
-def _parse_list(text: str, flag: str, kind, example: str) -> list:
-    try:
-        values = [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise RadladsError(f"{flag} takes comma-separated numbers, e.g. {example}, got {text!r}") from None
-    if not values:
-        raise RadladsError(f"{flag} is empty")
-    return values
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="student folder or teacher spec (folder, .gguf, preset, hub id)")
-    p.add_argument("--lengths", default="1024,4096,16384", metavar="L,L,...", help="prompt lengths in tokens (about)")
-    p.add_argument("--depths", default="0,0.25,0.5,0.75,1", metavar="D,D,...",
-                   help="relative key positions, 0 (start) to 1 (end)")
-    p.add_argument("--trials", type=int, default=1, metavar="N", help="keys tried per length x depth")
-    p.add_argument("--seed", type=int, default=0, help="seed for the keys")
-    p.add_argument("--max-new-tokens", type=int, default=8, metavar="N", help="tokens decoded for the answer")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--json", default=None, metavar="FILE", help="write every cell and reply here")
-
-
-def validate(args) -> tuple[list[int], list[float]]:
-    lengths = _parse_list(args.lengths, "--lengths", int, "1024,4096")
-    depths = _parse_list(args.depths, "--depths", float, "0,0.5,1")
-    if any(n < 1 for n in lengths):
-        raise RadladsError(f"--lengths must be positive token counts, got {args.lengths!r}")
-    if any(not 0 <= d <= 1 for d in depths):
-        raise RadladsError(f"--depths must lie in [0, 1], got {args.depths!r}")
-    if args.trials < 1:
-        raise RadladsError(f"--trials must be >= 1, got {args.trials}")
-    if args.max_new_tokens < 1:
-        raise RadladsError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise RadladsError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist")
-    return lengths, depths
-
-
-def run(args) -> int:
-    from radlads.loading import model_label
-
-    lengths, depths = validate(args)
-    model, tokenizer = load_quietly(args.model, DTYPES[args.dtype])
-    label = model_label(args.model)
+    model, tokenizer = load_model(spec, torch_dtype(dtype), quiet=True)
+    label = model_label(spec)
 
     def progress(cell):
         if cell["skipped"]:
@@ -167,12 +122,5 @@ def run(args) -> int:
         else:
             print(f"length {cell['length']} depth {cell['depth']:g}: {cell['accuracy']:.2f}", file=sys.stderr, flush=True)
 
-    result = run_passkey(model, tokenizer, lengths, depths, args.trials, args.seed, args.max_new_tokens, progress)
-    print(f"passkey retrieval, {label}, {args.trials} trial(s) per cell, greedy")
-    print(markdown_table(result))
-    if result["accuracy"] is not None:
-        print(f"overall accuracy: {result['accuracy']:.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": label, "spec": args.model, "dtype": args.dtype, **result},
-                                              indent=2) + "\n")
-    return 0
+    result = run_passkey(model, tokenizer, lengths, depths, trials, seed, max_new_tokens, progress)
+    return {"model": label, "spec": spec, "dtype": dtype, **result}

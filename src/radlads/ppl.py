@@ -1,4 +1,4 @@
-"""`radlads ppl`: token- and byte-level perplexity of students and teachers on held-out text.
+"""Token- and byte-level perplexity of students and teachers on held-out text (`radlads ppl`).
 
 Token perplexity depends on the tokenizer, so models with different vocabularies are compared by
 bytes: total NLL over the UTF-8 bytes of the scored text (byte perplexity, bits per byte). Every
@@ -13,85 +13,18 @@ reads each document in one pass, fed chunk by chunk through its recurrent cache.
 
 from __future__ import annotations
 
-import argparse
-import gzip
-import inspect
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from radlads.errors import RadladsError
-
-DEFAULT_CHUNK = 512  # tokens per forward through a cache: bounds the logits' memory (chunk x vocab)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
+from radlads.scoring import DEFAULT_CHUNK, context_limit, is_recurrent, target_logprobs
 
 # --------------------------------------------------------------------------------------------
-# Scoring primitive shared with radlads.evaluate
+# Scoring a sequence
 # --------------------------------------------------------------------------------------------
-
-
-def is_recurrent(model) -> bool:
-    return getattr(model.config, "model_type", None) == "radlads"
-
-
-def _forward_params(model) -> set[str]:
-    return set(inspect.signature(model.forward).parameters)
-
-
-def forward_logits(model, input_ids: torch.Tensor, cache, keep: int):
-    """Logits of the last `keep` positions, and the updated cache.
-
-    cache=False: one plain forward, no cache kept. cache=None: start a cache (a student's recurrent
-    state, a teacher's KV cache). Otherwise continue from the given cache.
-    """
-    params = _forward_params(model)
-    kwargs = {}
-    if "logits_to_keep" in params:
-        # Only the scored positions need the vocabulary projection, often a large share of the work.
-        kwargs["logits_to_keep"] = keep
-    if cache is False:  # a single forward: no cache at all
-        out = model(input_ids=input_ids, use_cache=False, **kwargs)
-        return out.logits[:, -keep:], None
-    # Students and transformers >= 5 call the state `cache`; older transformers `past_key_values`.
-    cache_arg = "cache" if "cache" in params else "past_key_values"
-    out = model(input_ids=input_ids, use_cache=True, **{cache_arg: cache}, **kwargs)
-    new_cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-    return out.logits[:, -keep:], new_cache
-
-
-@torch.no_grad()
-def target_logprobs(model, ids: torch.Tensor, start: int, chunk: int = DEFAULT_CHUNK):
-    """log p(ids[t] | ids[:t]) and whether ids[t] was the argmax, for t in [start, len(ids)).
-
-    Sequences longer than `chunk` run through the model's cache chunk by chunk (the recurrent
-    state for a student, the KV cache for a teacher), which is the same computation as one pass
-    but holds only one chunk of logits at a time.
-    """
-    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-    n = ids.numel()
-    if not 1 <= start < n:
-        raise ValueError(f"start must be in [1, {n}), got {start}")
-    inputs = ids[:-1]  # position p predicts ids[p + 1]
-    single = n - 1 <= chunk
-    cache = False if single else None
-    logprobs, greedy = [], []
-    for c0 in range(0, n - 1, chunk):
-        c1 = min(c0 + chunk, n - 1)
-        first = max(c0, start - 1)  # first position in this chunk whose prediction is scored
-        keep = c1 - first
-        logits, cache = forward_logits(model, inputs[c0:c1].unsqueeze(0), cache, max(keep, 1))
-        if keep <= 0:
-            continue  # this chunk only feeds the cache
-        lp = torch.log_softmax(logits[0, -keep:].float(), dim=-1)
-        targets = ids[first + 1 : c1 + 1]
-        logprobs.append(lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
-        greedy.append(lp.argmax(-1) == targets)
-    return torch.cat(logprobs), torch.cat(greedy)
 
 
 def sliding_windows(n: int, window: int, stride: int):
@@ -132,32 +65,11 @@ def sequence_nll(model, token_ids: list[int], prefix_id: int, window: int | None
 # --------------------------------------------------------------------------------------------
 
 
-def read_documents(spec: str) -> list[str]:
-    """Documents of a .txt file (the whole file is one document) or .jsonl[.gz] (field `text`)."""
-    path = Path(spec)
-    if not path.is_file():
-        raise RadladsError(f"--data file not found: {spec}")
-    name = path.name.lower()
-    opener = gzip.open if name.endswith(".gz") else open
-    base = name[:-3] if name.endswith(".gz") else name
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            if base.endswith(".txt"):
-                docs = [f.read()]
-            elif base.endswith(".jsonl"):
-                docs = []
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    record = json.loads(line)
-                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                        raise RadladsError(f"{spec} line {i} has no string field `text`")
-                    docs.append(record["text"])
-            else:
-                raise RadladsError(f"--data must be a .txt or .jsonl(.gz) file, got {spec}")
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError, EOFError) as e:
-        raise RadladsError(f"cannot read {spec}: {str(e).splitlines()[0]}") from e
-    docs = [d for d in docs if d.strip()]
+def read_documents(spec: str, text_field: str = "text") -> list[str]:
+    """The documents of a data spec, read as training reads them (radlads.data.read_texts)."""
+    from radlads.data import read_texts
+
+    docs = [d for d in read_texts(spec, text_field) if d.strip()]
     if not docs:
         raise RadladsError(f"{spec} holds no text")
     return docs
@@ -214,10 +126,6 @@ class PplResult:
     stride: int | None = None
 
 
-def context_length(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", None) or 2048)
-
-
 def prefix_token_id(tokenizer) -> int:
     # As lm-eval: BOS if the tokenizer has one, else EOS, so the first token is scored too.
     tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -234,10 +142,11 @@ def measure(model, tokenizer, docs: list[str], label: str, window: int | None = 
     if recurrent:
         window = stride = None
     else:
-        window = window or min(context_length(model), 2048)
+        limit = context_limit(model, tokenizer)
+        window = window or min(limit, 2048)
         stride = stride or max(1, window // 2)
-        if window > context_length(model):
-            raise RadladsError(f"--window {window} exceeds {label}'s context of {context_length(model)} tokens")
+        if window > limit:
+            raise RadladsError(f"--window {window} exceeds {label}'s context of {limit} tokens")
     prefix = prefix_token_id(tokenizer)
     start = time.perf_counter()
     nll, tokens, n_bytes = 0.0, 0, 0
@@ -272,72 +181,48 @@ def measure(model, tokenizer, docs: list[str], label: str, window: int | None = 
     )
 
 
-def format_table(results: list[PplResult]) -> str:
+# --------------------------------------------------------------------------------------------
+# Several models on the same text
+# --------------------------------------------------------------------------------------------
+
+
+def compare(specs: list[str], data: str, max_tokens: int | None = None, window: int | None = None,
+            stride: int | None = None, dtype: str = "fp32", text_field: str = "text") -> dict:
+    """Every model on the same documents of `data`: {"data", "max_tokens", "dtype", "models": {label: ...}}.
+
+    With max_tokens, the documents are cut once, with the first model's tokenizer.
+    """
+    from radlads.dtypes import torch_dtype
+    from radlads.loading import load_model, model_label
+
+    docs = read_documents(data, text_field)
+    models: dict[str, dict] = {}
+    for spec in specs:
+        model, tokenizer = load_model(spec, torch_dtype(dtype))
+        if not models:
+            docs = budget_documents(docs, tokenizer, max_tokens)
+        label = model_label(spec)
+        label = label if label not in models else f"{label} ({len(models) + 1})"
+        models[label] = dict(asdict(measure(model, tokenizer, docs, label, window, stride)), spec=spec)
+        del model
+    return {"data": str(data), "max_tokens": max_tokens, "dtype": dtype, "models": models}
+
+
+def format_table(models: dict[str, dict]) -> str:
+    """Markdown, one column per model, from `compare(...)["models"]`."""
+    results = list(models.values())
+
     def row(name, cells):
         return "| " + " | ".join([name, *cells]) + " |"
 
-    lines = [row("metric", [r.model for r in results]), row("---", ["---:" for _ in results])]
-    lines.append(row("token perplexity", [f"{r.token_perplexity:.3f}" for r in results]))
-    lines.append(row("byte perplexity", [f"{r.byte_perplexity:.4f}" for r in results]))
-    lines.append(row("bits per byte", [f"{r.bits_per_byte:.4f}" for r in results]))
-    lines.append(row("tokens", [str(r.tokens) for r in results]))
-    lines.append(row("bytes", [str(r.bytes) for r in results]))
-    lines.append(row("documents", [str(r.documents) for r in results]))
-    lines.append(row("mode", [r.mode if r.window is None else f"window {r.window}, stride {r.stride}"
+    lines = [row("metric", [r["model"] for r in results]), row("---", ["---:" for _ in results])]
+    lines.append(row("token perplexity", [f"{r['token_perplexity']:.3f}" for r in results]))
+    lines.append(row("byte perplexity", [f"{r['byte_perplexity']:.4f}" for r in results]))
+    lines.append(row("bits per byte", [f"{r['bits_per_byte']:.4f}" for r in results]))
+    lines.append(row("tokens", [str(r["tokens"]) for r in results]))
+    lines.append(row("bytes", [str(r["bytes"]) for r in results]))
+    lines.append(row("documents", [str(r["documents"]) for r in results]))
+    lines.append(row("mode", [r["mode"] if r["window"] is None else f"window {r['window']}, stride {r['stride']}"
                               for r in results]))
-    lines.append(row("tokens/s", [f"{r.tokens_per_second:.0f}" for r in results]))
+    lines.append(row("tokens/s", [f"{r['tokens_per_second']:.0f}" for r in results]))
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("models", nargs="+", metavar="MODEL", help="student folder or teacher spec (folder, .gguf, preset, hub id)")
-    p.add_argument("--data", required=True, metavar="SPEC", help="held-out text: .txt, or .jsonl(.gz) with a `text` field")
-    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
-                   help="score only the first N tokens of text (counted with the first model's tokenizer; "
-                        "every model scores the same text)")
-    p.add_argument("--window", type=int, default=None, metavar="W",
-                   help="teachers' sliding window in tokens (default: min(context, 2048)); students read whole documents")
-    p.add_argument("--stride", type=int, default=None, metavar="S", help="window step (default: W/2)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the raw results here")
-
-
-def _check_args(args) -> None:
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise RadladsError(f"--max-tokens must be >= 1, got {args.max_tokens}")
-    if args.window is not None and args.window < 2:
-        raise RadladsError(f"--window must be >= 2, got {args.window}")
-    if args.stride is not None and args.stride < 1:
-        raise RadladsError(f"--stride must be >= 1, got {args.stride}")
-    if args.window is not None and args.stride is not None and args.stride >= args.window:
-        raise RadladsError(f"--stride ({args.stride}) must be smaller than --window ({args.window})")
-
-
-def run(args) -> int:
-    from radlads.loading import load_model, model_label
-
-    _check_args(args)
-    docs = read_documents(args.data)
-    results: list[PplResult] = []
-    labels: list[str] = []
-    for spec in args.models:
-        model, tokenizer = load_model(spec, DTYPES[args.dtype])
-        if not results:
-            docs = budget_documents(docs, tokenizer, args.max_tokens)
-        label = model_label(spec)
-        label = label if label not in labels else f"{label} ({len(labels) + 1})"
-        labels.append(label)
-        results.append(measure(model, tokenizer, docs, label, args.window, args.stride))
-        del model
-    print(format_table(results))
-    if args.json:
-        payload = {"data": str(args.data), "max_tokens": args.max_tokens, "dtype": args.dtype,
-                   "models": {label: dict(asdict(r), spec=spec) for label, r, spec in zip(labels, results, args.models)}}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-    return 0

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from radlads.dtypes import torch_dtype
 from radlads.errors import RadladsError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -158,7 +159,7 @@ def check_supported(config) -> None:
 
 def load_teacher(spec: str, dtype: torch.dtype | str = torch.float32, device: str = "cpu"):
     """(model, tokenizer) for a teacher spec: the model in eval mode, the tokenizer with a pad token."""
-    dtype = _as_dtype(dtype)
+    dtype = torch_dtype(dtype)
     resolved = resolve_teacher(spec)
     if resolved.kind == "preset":
         model, tokenizer = _load_folder(preset_folder(resolved.name), dtype)
@@ -169,21 +170,6 @@ def load_teacher(spec: str, dtype: torch.dtype | str = torch.float32, device: st
     else:
         model, tokenizer = _load_hub(resolved.name, dtype)
     return _finish(model, tokenizer, device)
-
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
-
-def _as_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype).lower() in _DTYPES:
-        return _DTYPES[str(dtype).lower()]
-    raise RadladsError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,21 +5,19 @@ q/k/v/o (with biases, and Qwen3's q/k norms) initialise the time-mix r/k/v/o: th
 asks the question the query asked, so the student starts from the teacher's notion of relevance.
 K/V stay at the teacher's KV width and are repeated per group inside the time-mix (GQA).
 
-`radlads init` is this module's command.
+radlads.convert.init_student runs it for `radlads init`.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import torch
 
 from radlads.errors import RadladsError
+from radlads.teachers import check_supported
 from radlads.model.configuration_radlads import TIME_MIX_KINDS, RadladsConfig
 from radlads.model.modeling_radlads import RadladsForCausalLM
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 # teacher parameter name (after "model.layers.N.") -> student name
 _ATTN_RENAMES = {
@@ -45,10 +43,7 @@ def student_config(teacher, arch: str = "rwkv7", attention_layers=(), teacher_sp
                    **overrides) -> RadladsConfig:
     """The student's config: the teacher's shapes (read from its modules, so biases are exact)."""
     cfg = teacher.config.get_text_config() if hasattr(teacher.config, "get_text_config") else teacher.config
-    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
-        raise RadladsError(
-            f"unsupported architecture {cfg.model_type!r}: radlads converts {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    check_supported(cfg)
     if arch not in TIME_MIX_KINDS:
         raise RadladsError(f"unknown --arch {arch!r}: choose one of {', '.join(TIME_MIX_KINDS)}")
     attn = teacher.model.layers[0].self_attn
@@ -135,52 +130,3 @@ def build_student(teacher, arch: str = "rwkv7", attention_layers=(), teacher_spe
     if config.tie_word_embeddings:
         student.tie_weights()
     return student.eval()
-
-
-# --------------------------------------------------------------------------------------------
-# radlads init
-# --------------------------------------------------------------------------------------------
-
-
-def parse_layer_list(text: str | None) -> list[int]:
-    if not text:
-        return []
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise RadladsError(f"--attention-layers takes comma-separated layer indices, got {text!r}") from None
-
-
-def add_student_arguments(p: argparse.ArgumentParser) -> None:
-    """Student-shape options shared by `init` and `convert`."""
-    p.add_argument("--arch", default="rwkv7", help="time-mix: rwkv7 (RAD-RWKV7) or rwkv6 (RAD-RWKV6)")
-    p.add_argument("--attention-layers", default="", metavar="I,J",
-                   help="layers that keep the teacher's softmax attention (hybrid), e.g. 7,15")
-    p.add_argument("--use-rope", action="store_true", help="apply the teacher's RoPE to r and k")
-    p.add_argument("--use-groupnorm", action="store_true", help="per-head GroupNorm on the time-mix output")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher: HF folder, .gguf file, preset or hub id")
-    p.add_argument("--out", required=True, help="output folder for the student (Hugging Face format)")
-    add_student_arguments(p)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype to save")
-
-
-def run(args) -> int:
-    if args.arch not in TIME_MIX_KINDS:  # before the (slow) teacher load
-        raise RadladsError(f"unknown --arch {args.arch!r}: choose one of {', '.join(TIME_MIX_KINDS)}")
-    from radlads.export import save_model
-    from radlads.teachers import load_teacher
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    teacher, tokenizer = load_teacher(args.teacher, dtype=dtype)
-    student = build_student(
-        teacher, args.arch, parse_layer_list(args.attention_layers), teacher_spec=args.teacher,
-        use_rope=args.use_rope, use_groupnorm=args.use_groupnorm,
-    )
-    save_model(student, tokenizer, args.out)
-    n_params = sum(p.numel() for p in student.parameters())
-    new = sum(p.numel() for n, p in student.named_parameters() if n in student.time_mix_parameter_names())
-    print(f"saved {args.arch} student ({n_params / 1e6:.1f}M parameters, {new / 1e6:.1f}M in time-mix) to {args.out}")
-    return 0

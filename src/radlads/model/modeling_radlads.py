@@ -15,7 +15,6 @@ its sibling files.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -454,24 +453,6 @@ class RadladsModel(RadladsPreTrainedModel):
             cache.seen_tokens += T
         return self.norm(x), cache, hidden_states
 
-    def time_mix_forward(self, layer_inputs: list[torch.Tensor], position_ids=None) -> list[torch.Tensor | None]:
-        """Stage 1: run every time-mix on the teacher's normalised residual stream of its own layer.
-
-        Layers run independently except for the value residual, which flows from the first
-        time-mix layer exactly as in a full forward. Softmax layers (kept from the teacher) give None.
-        """
-        B, T = layer_inputs[0].shape[:2]
-        if position_ids is None:
-            position_ids = torch.arange(T, device=layer_inputs[0].device).unsqueeze(0).expand(B, T)
-        outputs, v_first = [], None
-        for layer, x in zip(self.layers, layer_inputs):
-            if isinstance(layer.time_mix, SoftmaxAttention):
-                outputs.append(None)
-                continue
-            out, v_first, _ = layer.time_mix(x, v_first, None, position_ids, None, False)
-            outputs.append(out)
-        return outputs
-
 
 class RadladsForCausalLM(RadladsPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -497,14 +478,6 @@ class RadladsForCausalLM(RadladsPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value):
         self.lm_head = value
-
-    def time_mix_parameter_names(self) -> set[str]:
-        """Parameters stage 1 trains: every time-mix except the softmax layers kept from the teacher."""
-        names = set()
-        for i, layer in enumerate(self.model.layers):
-            if not isinstance(layer.time_mix, SoftmaxAttention):
-                names.update(f"model.layers.{i}.time_mix.{n}" for n, _ in layer.time_mix.named_parameters())
-        return names
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, output_hidden_states=False,
