@@ -125,3 +125,14 @@ def test_cache_reorder_for_beam_search():
     cache.layers[0] = {"state": torch.arange(3.0).view(3, 1)}
     cache.reorder_cache(torch.tensor([2, 0, 0]))
     assert cache.layers[0]["state"].flatten().tolist() == [2.0, 0.0, 0.0]
+
+
+def test_every_config_parameter_is_documented():
+    import inspect
+    import re
+
+    from radlads.model.configuration_radlads import RadladsConfig
+
+    params = [p for p in inspect.signature(RadladsConfig.__init__).parameters if p not in ("self", "kwargs")]
+    undocumented = [p for p in params if not re.search(rf"^ {{8}}{p} \(`", RadladsConfig.__doc__, re.M)]
+    assert not undocumented

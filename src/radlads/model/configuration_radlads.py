@@ -20,14 +20,90 @@ def _lora_rank(width: int, factor: float, power: float) -> int:
 
 
 class RadladsConfig(PretrainedConfig):
-    """Every hyperparameter of a student. Teacher-shaped fields are copied by `radlads.transfer`.
+    r"""Every hyperparameter of a radlads student: the teacher's shape plus the time-mix's own.
 
-    time_mix: "rwkv7" (RAD-RWKV7, generalised delta rule) or "rwkv6" (RAD-RWKV6, GLA state).
-    attention_layers: indices of layers that keep the teacher's softmax attention (hybrid).
-    use_rope / use_groupnorm: optional RoPE on r and k, optional per-head GroupNorm on the output.
-    attn_scale: multiplier on the recurrent read-out; None means head_dim ** -0.5, the teacher's
-        softmax temperature, so transferred q/k keep their meaning.
-    *_lora_rank: None means RWKV-7's width-based default.
+    `radlads.transfer.student_config` fills the teacher-shaped fields from the teacher, so a student
+    built by `radlads init` / `radlads convert` matches its teacher exactly; the defaults below are
+    SmolLM2-135M's shape. Like every `PretrainedConfig`, it is saved as config.json and accepts the
+    base class's keyword arguments (`**kwargs`).
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 32000):
+            Number of tokens in the vocabulary: rows of the embedding and of the LM head.
+        hidden_size (`int`, *optional*, defaults to 576):
+            Width of the residual stream.
+        intermediate_size (`int`, *optional*, defaults to 1536):
+            Width of the MLP's gate and up projections.
+        num_hidden_layers (`int`, *optional*, defaults to 30):
+            Number of decoder layers.
+        num_attention_heads (`int`, *optional*, defaults to 9):
+            Heads of each time-mix (the teacher's query heads): r and the recurrent state have this many.
+        num_key_value_heads (`int`, *optional*, defaults to 3):
+            The teacher's key/value heads (GQA): k and v are projected at this width and repeated
+            per group inside the time-mix. None means num_attention_heads. num_attention_heads must be
+            a multiple of it.
+        head_dim (`int`, *optional*):
+            Width of one head; None means hidden_size // num_attention_heads (Qwen3 sets it apart).
+        hidden_act (`str`, *optional*, defaults to `"silu"`):
+            The MLP's activation (a key of transformers' ACT2FN).
+        rms_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of every RMSNorm (and of Qwen3's q/k norms).
+        max_position_embeddings (`int`, *optional*, defaults to 8192):
+            The teacher's trained context, kept for reference and for softmax layers of a hybrid;
+            the recurrent time-mix itself has no context limit.
+        rope_theta (`float`, *optional*, defaults to 10000.0):
+            RoPE base of the teacher, used by kept softmax layers and, with use_rope, by the time-mix.
+        attention_bias (`bool`, *optional*, defaults to `False`):
+            Whether the r/k/v projections have biases (the teacher's q/k/v do, e.g. Qwen2).
+        attention_out_bias (`bool`, *optional*, defaults to `False`):
+            Whether the output projection has a bias (the teacher's o_proj does).
+        mlp_bias (`bool`, *optional*, defaults to `False`):
+            Whether the MLP's projections have biases.
+        qk_norm (`bool`, *optional*, defaults to `False`):
+            Per-head RMSNorm on r and k before RoPE, as Qwen3 normalises q and k.
+        tie_word_embeddings (`bool`, *optional*, defaults to `False`):
+            Whether the LM head shares the embedding's weights.
+        time_mix (`str`, *optional*, defaults to `"rwkv7"`):
+            What replaces softmax attention: `"rwkv7"` (RAD-RWKV7, generalised delta rule) or
+            `"rwkv6"` (RAD-RWKV6, data-dependent token shift and decay, GLA state).
+        attention_layers (`list[int]`, *optional*, defaults to `()`):
+            Indices of layers that keep the teacher's softmax attention (a hybrid student).
+        use_rope (`bool`, *optional*, defaults to `False`):
+            Apply the teacher's RoPE to r and k in the time-mix.
+        use_groupnorm (`bool`, *optional*, defaults to `False`):
+            Per-head GroupNorm on the time-mix output before the gate.
+        attn_scale (`float`, *optional*):
+            Multiplier on the recurrent read-out; None means head_dim ** -0.5, the teacher's softmax
+            temperature, so transferred q/k keep their meaning.
+        decay_lora_rank (`int`, *optional*):
+            Rank of the data-dependent decay's LoRA (w1/w2, both time-mixes); None means RWKV-7's
+            width-based default (see `_lora_rank`).
+        a_lora_rank (`int`, *optional*):
+            Rank of RWKV-7's in-context learning-rate LoRA (a1/a2); None: width-based default.
+        v_lora_rank (`int`, *optional*):
+            Rank of RWKV-7's value-residual mix LoRA (v1/v2); None: width-based default.
+        gate_lora_rank (`int`, *optional*):
+            Rank of the output gate's LoRA (g1/g2, both time-mixes); None: width-based default.
+        mix_lora_rank (`int`, *optional*, defaults to 32):
+            Rank of RWKV-6's data-dependent token-shift LoRA (maa_w1/maa_w2), per mixed input.
+        chunk_size (`int`, *optional*, defaults to 16):
+            Tokens per chunk of the chunked (prefill and training) kernels; the step-by-step forms
+            decode one token at a time.
+        teacher (`str`, *optional*):
+            The teacher spec the student was converted from (a record; not used by the model).
+        teacher_model_type (`str`, *optional*):
+            The teacher's `model_type` (llama, mistral, qwen2, qwen3), also a record.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal init of plain Linear and Embedding weights; attention
+            transfer overwrites those, the time-mix parameters have their own initial values.
+        use_cache (`bool`, *optional*, defaults to `True`):
+            Whether an eval-mode forward returns the recurrent cache (RadladsCache) by default.
+        bos_token_id (`int`, *optional*):
+            Beginning-of-sequence token id (the teacher's).
+        eos_token_id (`int` or `list[int]`, *optional*):
+            End-of-sequence token id(s) (the teacher's).
+        pad_token_id (`int`, *optional*):
+            Padding token id (the teacher's); also the embedding's padding_idx.
     """
 
     model_type = "radlads"
