@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from radlads import ppl, scoring  # noqa: E402
 from radlads.cli import main  # noqa: E402
+from radlads.data import read_texts  # noqa: E402
 from radlads.errors import RadladsError  # noqa: E402
 from helpers import save_tiny_teacher, tiny_teacher, tiny_tokenizer  # noqa: E402
 from radlads.transfer import build_student  # noqa: E402
@@ -100,7 +101,7 @@ def test_cli_byte_level_by_hand_and_same_text_for_every_model(env, capsys):
 
 def test_max_tokens_cuts_the_same_text_for_all(env, capsys):
     tok = tiny_tokenizer()  # one token per byte: the cut is easy to predict
-    docs = ppl.read_documents(env["data"])
+    docs = list(read_texts(env["data"]))
     kept = ppl.budget_documents(docs, tok, 60)
     assert kept[0] == DOCS[0] and len(kept) == 2
     assert len(tok.encode(kept[0] + kept[1], add_special_tokens=False)) == 60
@@ -119,7 +120,7 @@ def test_documents_are_the_ones_training_reads(tmp_path, capsys):
 
     f = tmp_path / "a.txt"
     f.write_text("line one\nstill one\n\nline two\n")
-    assert ppl.read_documents(str(f)) == ["line one\nstill one", "line two"]
+    assert list(read_texts(str(f))) == ["line one\nstill one", "line two"]
     tok = tiny_tokenizer()
     seq = len(tok.encode("line one\nstill one", add_special_tokens=False)) + 1  # the first document and its EOS
     stream = PackedStream(str(f), tok, seq, 1, split="all", shuffle=False, loop=False)

@@ -15,6 +15,9 @@ Data specs
       student to reproduce the teacher, so the teacher's own distribution is the natural (if
       narrow) corpus, and it works on a fresh machine without downloading anything.
 
+`read_texts(spec)` yields a spec's documents as training reads them, for the commands that
+score held-out text (`radlads ppl`), so `--data` means the same documents everywhere.
+
 Packing: each document is tokenised with the teacher's tokenizer (no special tokens added), EOS
 is appended, and the token stream is cut into `seq_len` pieces; a document may span two pieces.
 

@@ -61,18 +61,8 @@ def sequence_nll(model, token_ids: list[int], prefix_id: int, window: int | None
 
 
 # --------------------------------------------------------------------------------------------
-# Reading the held-out text
+# Cutting the held-out text to a token budget
 # --------------------------------------------------------------------------------------------
-
-
-def read_documents(spec: str, text_field: str = "text") -> list[str]:
-    """The documents of a data spec, read as training reads them (radlads.data.read_texts)."""
-    from radlads.data import read_texts
-
-    docs = [d for d in read_texts(spec, text_field) if d.strip()]
-    if not docs:
-        raise RadladsError(f"{spec} holds no text")
-    return docs
 
 
 def _char_cut(tokenizer, text: str, n_tokens: int) -> str:
@@ -192,10 +182,13 @@ def compare(specs: list[str], data: str, max_tokens: int | None = None, window: 
 
     With max_tokens, the documents are cut once, with the first model's tokenizer.
     """
+    from radlads.data import read_texts
     from radlads.dtypes import torch_dtype
     from radlads.loading import load_model, model_label
 
-    docs = read_documents(data, text_field)
+    docs = [d for d in read_texts(data, text_field) if d.strip()]  # the documents training would read
+    if not docs:
+        raise RadladsError(f"{data} holds no text")
     models: dict[str, dict] = {}
     for spec in specs:
         model, tokenizer = load_model(spec, torch_dtype(dtype))
