@@ -80,6 +80,25 @@ def _check_batch(stage: int, s: StageConfig, world: int) -> None:
                            f"grad_accum {s.grad_accum}")
 
 
+def _prepare_student(student, objective, s: StageConfig, fsdp: bool):
+    """Freeze what the objective does not train, switch training mode on, wrap for DDP/FSDP2, and
+    make the optimizer: (wrapped objective, trained parameters, AdamW)."""
+    keep = objective.trainable_names()
+    for name, p in student.named_parameters():
+        p.requires_grad_(name in keep)
+    # The student's own switch (recompute each layer in backward): transformers renames its
+    # enable/disable methods between versions, the attribute the model reads stays.
+    student.model.gradient_checkpointing = s.gradient_checkpointing
+    student.train()
+    wrapped = dist.wrap(objective, fsdp)
+    params = [p for p in student.parameters() if p.requires_grad]
+    # The fused AdamW kernel is ~3x faster than the multi-tensor one on CPU (a stage 2 step updates
+    # every weight); sharded DTensor parameters take the default path.
+    optimizer = torch.optim.AdamW(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay,
+                                  fused=not dist.is_sharded(student))
+    return wrapped, params, optimizer
+
+
 def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir: Path,
                 resume: bool = False, stop_after_steps: int | None = None, data_factory=None) -> bool:
     """Train `student` in place for one stage. Returns True when the stage's token budget is done.
@@ -102,19 +121,7 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
     try:
         check_seq_len(s.seq_len, getattr(teacher.config, "max_position_embeddings", None)
                       if objective.uses_teacher else None)
-        keep = objective.trainable_names()
-        for name, p in student.named_parameters():
-            p.requires_grad_(name in keep)
-        # The student's own switch (recompute each layer in backward): transformers renames its
-        # enable/disable methods between versions, the attribute the model reads stays.
-        student.model.gradient_checkpointing = s.gradient_checkpointing
-        student.train()
-        wrapped = dist.wrap(objective, cfg.fsdp)
-        params = [p for p in student.parameters() if p.requires_grad]
-        # The fused AdamW kernel is ~3x faster than the multi-tensor one on CPU (a stage 2 step updates
-        # every weight); sharded DTensor parameters take the default path.
-        optimizer = torch.optim.AdamW(params, lr=s.lr, betas=(s.beta1, s.beta2), weight_decay=s.weight_decay,
-                                      fused=not dist.is_sharded(student))
+        wrapped, params, optimizer = _prepare_student(student, objective, s, cfg.fsdp)
 
         # The data, and where a resumed run left it.
         seed = cfg.seed * 1000 + stage  # each stage sees its own data order
