@@ -81,3 +81,11 @@ def test_exported_model_code_imports_only_its_siblings():
     for name, deps in import_graph().items():
         if name.startswith("radlads.model."):
             assert all(d.startswith("radlads.model") for d in deps), (name, deps)
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    root = PACKAGE.parents[1]
+    readme = (root / "README.md").read_text()
+    ci = [line for line in (root / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    assert len(ci) == 2 and all(line in readme for line in ci), ci
+    assert len(readme) <= 10_000
