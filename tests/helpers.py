@@ -108,3 +108,17 @@ def save_tiny_student(folder, family: str = "llama", seed: int = 0, arch: str = 
     from radlads.transfer import build_student
 
     return str(save_model(build_student(tiny_teacher(family, seed=seed), arch), tiny_tokenizer(), folder))
+
+
+def cli_error(capsys, argv: list[str], alone: bool = True) -> str:
+    """Run `radlads ARGV`: it must exit 2 with one error line on stderr, which is returned.
+
+    alone=False allows other stderr lines (loading bars) besides the one `error:` line.
+    """
+    from radlads.cli import main
+
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and (len(lines) == 1 or not alone), lines
+    return errors[0]

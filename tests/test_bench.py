@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from radlads import bench, scoring  # noqa: E402
 from radlads.cli import main  # noqa: E402
-from helpers import save_tiny_teacher, tiny_teacher  # noqa: E402
+from helpers import cli_error, save_tiny_teacher, tiny_teacher  # noqa: E402
 from radlads.transfer import build_student  # noqa: E402
 
 CONTEXTS = [16, 48]
@@ -151,12 +151,8 @@ def test_peak_rss_sees_an_allocation_inside_the_block():
     (["--paired"], "--paired compares two models"),
 ])
 def test_bad_arguments_are_one_line_errors(folders, capsys, argv, message):
-    assert main(["bench", folders["student"], "--in-process"] + argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    assert message in cli_error(capsys, ["bench", folders["student"], "--in-process"] + argv)
 
 
 def test_missing_model_folder_is_one_line_error(tmp_path, capsys):
-    assert main(["bench", str(tmp_path / "nope"), "--contexts", "16"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "nope" in err and len(err.splitlines()) == 1
+    assert "nope" in cli_error(capsys, ["bench", str(tmp_path / "nope"), "--contexts", "16"])

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from radlads import generate  # noqa: E402
 from radlads.cli import main  # noqa: E402
 from radlads.loading import load_model  # noqa: E402
-from helpers import tiny_tokenizer  # noqa: E402
+from helpers import cli_error, tiny_tokenizer  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -98,12 +98,8 @@ def test_chat_without_template_is_one_line_error(folders, capsys):
     (["--system", "x"], "--system needs --chat"),
 ])
 def test_bad_arguments_are_one_line_errors(folders, capsys, argv, message):
-    assert main(["generate", folders["student"], "--prompt", "hi"] + argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    assert message in cli_error(capsys, ["generate", folders["student"], "--prompt", "hi"] + argv)
 
 
 def test_missing_model_folder_is_one_line_error(tmp_path, capsys):
-    assert main(["generate", str(tmp_path / "nope"), "--prompt", "hi"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "nope" in err and len(err.splitlines()) == 1
+    assert "nope" in cli_error(capsys, ["generate", str(tmp_path / "nope"), "--prompt", "hi"])

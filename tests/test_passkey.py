@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from radlads import passkey  # noqa: E402
 from radlads.cli import main  # noqa: E402
-from helpers import tiny_teacher, tiny_tokenizer  # noqa: E402
+from helpers import cli_error, tiny_teacher, tiny_tokenizer  # noqa: E402
 from radlads.transfer import build_student  # noqa: E402
 
 LENGTHS = [300, 600]
@@ -114,12 +114,8 @@ def test_teacher_lengths_beyond_its_context_are_skipped(monkeypatch):
     (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 1"),
 ])
 def test_bad_arguments_are_one_line_errors(student_dir, capsys, argv, message):
-    assert main(["passkey", student_dir] + argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    assert message in cli_error(capsys, ["passkey", student_dir] + argv)
 
 
 def test_missing_model_folder_is_one_line_error(tmp_path, capsys):
-    assert main(["passkey", str(tmp_path / "nope"), "--lengths", "100"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "nope" in err and len(err.splitlines()) == 1
+    assert "nope" in cli_error(capsys, ["passkey", str(tmp_path / "nope"), "--lengths", "100"])
