@@ -7,6 +7,7 @@ transformers teacher (a KV cache and a trained context length). Both take their 
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -47,13 +48,19 @@ def skip_reason(limit: int | None, context: int, past_limit: bool = False) -> st
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_params(model_class) -> frozenset[str]:
+    """The forward's parameter names, looked up once per class (bench times single decode steps)."""
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
 def forward_cached(model, input_ids: torch.Tensor, cache=None, keep: int = 1):
     """(logits of the last `keep` positions, the updated cache), for a student or a teacher.
 
     cache=None starts a cache (a student's recurrent state, a teacher's KV cache); another cache is
     continued; cache=False runs one plain forward and keeps no cache (returns None for it).
     """
-    params = set(inspect.signature(model.forward).parameters)
+    params = _forward_params(type(model))
     kwargs = {}
     if "logits_to_keep" in params:
         # Only the scored positions need the vocabulary projection, often a large share of the work.
