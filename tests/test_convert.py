@@ -156,3 +156,15 @@ def test_train_cli_runs_one_stage_on_a_student_folder(inputs, tmp_path, capsys):
     code, errors = error_lines(capsys, argv[:4] + [str(tmp_path)] + argv[5:])  # not a student folder
     assert code == 2 and errors == [f"radlads train: error: {tmp_path} is not a radlads student folder "
                                     "(make one with radlads init)"]
+
+
+def test_convert_with_teacher_init_starts_stage1_lower(inputs, tmp_path):
+    teacher, data = inputs
+    first_loss = {}
+    for mode in ("none", "decay+gain"):
+        out = tmp_path / mode
+        assert main(["convert", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--arch", "rwkv7",
+                     "--stages", "1", "--set", f"student.teacher_init={mode}", *small(steps=(1, 1))]) == 0
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        first_loss[mode] = rows[0]["loss"]  # measured before the first update
+    assert first_loss["decay+gain"] < first_loss["none"]

@@ -23,6 +23,10 @@ class StudentConfig:
     attention_layers: list[int] = field(default_factory=list)  # layers kept as softmax attention
     use_rope: bool = False
     use_groupnorm: bool = False
+    # Fit the new time-mix parameters to the teacher's attention before stage 1 (radlads.teacher_init):
+    # none | gain | decay | decay+gain, from `teacher_init_sequences` training sequences of stage1.seq_len.
+    teacher_init: str = "none"
+    teacher_init_sequences: int = 4
 
 
 @dataclass
@@ -205,6 +209,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise RadladsError(message)
 
     need(cfg.student.arch in ("rwkv7", "rwkv6"), f"student.arch must be rwkv7 or rwkv6, got {cfg.student.arch!r}")
+    need(cfg.student.teacher_init in ("none", "gain", "decay", "decay+gain"),
+         f"student.teacher_init must be none, gain, decay or decay+gain, got {cfg.student.teacher_init!r}")
+    need(cfg.student.teacher_init_sequences >= 1, "student.teacher_init_sequences must be >= 1")
     need(cfg.dtype in ("fp32", "bf16"), f"dtype must be fp32 or bf16, got {cfg.dtype!r}")
     need(bool(cfg.stages) and all(s in (1, 2, 3) for s in cfg.stages) and cfg.stages == sorted(set(cfg.stages)),
          f"stages must be an increasing list drawn from 1, 2, 3, got {cfg.stages}")

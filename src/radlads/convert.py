@@ -98,6 +98,27 @@ def train_one_stage(cfg: RunConfig, student_dir: str, resume: bool = False,
     return done
 
 
+def fresh_student(cfg: RunConfig, teacher, tokenizer):
+    """Attention transfer, then (student.teacher_init) the new time-mix parameters fitted to the teacher."""
+    from radlads.transfer import build_student
+
+    s = cfg.student
+    student = build_student(teacher, s.arch, s.attention_layers, teacher_spec=cfg.teacher, seed=cfg.seed,
+                            use_rope=s.use_rope, use_groupnorm=s.use_groupnorm)
+    if s.teacher_init != "none":
+        from radlads.data import validation_batches
+        from radlads.teacher_init import initialise_from_teacher
+
+        # training text, never the held-out split: these sequences also come up in stage 1
+        batches = validation_batches(cfg.data.spec, tokenizer, cfg.stage1.seq_len, s.teacher_init_sequences,
+                                     cfg.data.text_field, split="train", valid_fraction=cfg.data.valid_fraction)
+        initialise_from_teacher(student, teacher, batches, s.teacher_init)
+        if dist.rank() == 0:
+            print(f"radlads: time-mix initialised from the teacher ({s.teacher_init}, {len(batches)} sequences)",
+                  file=sys.stderr)
+    return student
+
+
 def convert(cfg: RunConfig, resume: bool = False, stop_after_steps: int | None = None,
             data_factory=None, teacher_and_tokenizer=None) -> bool:
     """Run the whole conversion; True when every stage finished and the model was exported.
@@ -108,7 +129,6 @@ def convert(cfg: RunConfig, resume: bool = False, stop_after_steps: int | None =
     from radlads.loading import load_student
     from radlads.teachers import load_teacher
     from radlads.train import total_steps, train_stage
-    from radlads.transfer import build_student
 
     setup_runtime(cfg)
     run = RunFolder(cfg.out)
@@ -131,9 +151,7 @@ def convert(cfg: RunConfig, resume: bool = False, stop_after_steps: int | None =
         if dist.rank() == 0:
             print(f"radlads: resuming after stage {done[-1]}", file=sys.stderr)
     else:
-        s = cfg.student
-        student = build_student(teacher, s.arch, s.attention_layers, teacher_spec=cfg.teacher, seed=cfg.seed,
-                                use_rope=s.use_rope, use_groupnorm=s.use_groupnorm)
+        student = fresh_student(cfg, teacher, tokenizer)
 
     steps_left = stop_after_steps
     for stage in cfg.stages:
