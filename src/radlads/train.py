@@ -24,6 +24,7 @@ from tqdm import tqdm
 from radlads import distributed as dist
 from radlads.checkpoint import load_checkpoint, save_checkpoint
 from radlads.config import RunConfig, StageConfig
+from radlads.cpu_matmul import with_onednn_matmul
 from radlads.data import PackedStream, check_seq_len, validation_batches
 from radlads.errors import RadladsError
 from radlads.objectives import objective_for
@@ -99,6 +100,7 @@ def _prepare_student(student, objective, s: StageConfig, fsdp: bool):
     return wrapped, params, optimizer
 
 
+@with_onednn_matmul  # fp32 Linear layers 2-4x faster on CPUs where MKL runs AVX2 code (cpu_matmul.py)
 def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir: Path,
                 resume: bool = False, stop_after_steps: int | None = None, data_factory=None) -> bool:
     """Train `student` in place for one stage. Returns True when the stage's token budget is done.
