@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from radlads.cpu_matmul import with_onednn_matmul
 from radlads.errors import RadladsError
 from radlads.eval_lm import RadladsLM
 from radlads.eval_results import ItemRange, TaskResult, compute_ratios
@@ -170,6 +171,7 @@ class Evaluation:
     json: dict[str, Any]  # what --json writes
 
 
+@with_onednn_matmul  # fp32 Linear layers 2-4x faster where MKL runs AVX2 code (cpu_matmul.py)
 def evaluate_models(specs: list[str], teacher: str | None = None, tasks: str = DEFAULT_TASKS,
                     eval_data: str | None = None, limit: int | None = None, items: str | None = None,
                     batch_size: int = 8, dtype: str = "fp32", bootstrap_iters: int = DEFAULT_BOOTSTRAP,

@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from radlads.cpu_matmul import with_onednn_matmul
 from radlads.scoring import context_limit, skip_reason
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -107,6 +108,7 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@with_onednn_matmul  # fp32 Linear layers 2-4x faster where MKL runs AVX2 code (cpu_matmul.py)
 def passkey_test(spec: str, lengths: list[int], depths: list[float], trials: int = 1, seed: int = 0,
                  max_new_tokens: int = 8, dtype: str = "fp32") -> dict:
     """Load a model and run every cell, saying each cell's accuracy on stderr as it finishes."""
