@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from radlads.cpu_matmul import onednn_matmul
 from radlads.data import validation_batches
 from radlads.loading import load_student
 from radlads.losses import attention_alignment_loss, distillation_kl
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
         model = load_student(spec, exported_code=False)
         students[spec] = model
     batches = validation_batches(args.valid_data, tokenizer, args.seq_len, args.sequences, split="all")
-    result = score(students, teacher, batches)
+    with onednn_matmul():  # same results, 2-4x faster Linear layers (src/radlads/cpu_matmul.py)
+        result = score(students, teacher, batches)
     record = {"teacher": args.teacher, "valid_data": args.valid_data, "sequences": len(batches),
               "seq_len": args.seq_len, "tokens": len(batches) * args.seq_len, "threads": args.threads,
               "seconds": round(time.perf_counter() - t0, 1), "loadavg": [round(x, 2) for x in os.getloadavg()],
