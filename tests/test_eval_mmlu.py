@@ -1,5 +1,5 @@
 """mmlu and arc_challenge in `radlads eval`: prompts equal to lm-eval's built-in tasks, lm-eval's group
-aggregation, shards of a group."""
+aggregation, shards of a group, and the one-forward-per-question path for one-token choices."""
 
 import json
 import os
@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,10 +16,11 @@ import datasets  # noqa: E402
 import lm_eval  # noqa: E402
 from lm_eval.api.task import ConfigurableTask  # noqa: E402
 
-from radlads import eval_results  # noqa: E402
+from radlads import eval_lm, eval_results  # noqa: E402
 from radlads import evaluate as ev  # noqa: E402
 from radlads.cli import main  # noqa: E402
 from radlads.eval_tasks import _load_lm_eval_yaml, build_group, build_task  # noqa: E402
+from radlads.loading import load_model  # noqa: E402
 
 REAL_EVAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
 MMLU_DIR = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
@@ -246,3 +248,62 @@ def test_eval_mmlu_items_subjects_and_joined_shards(tiny_folders, data, capsys, 
                 assert parts["subtasks"][name]["metrics"]["acc"][key] == \
                     pytest.approx(sub["metrics"]["acc"][key], abs=1e-12), (name, key)
         assert parts["metrics"]["acc"]["stderr"] == pytest.approx(one["metrics"]["acc"]["stderr"], abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# One forward per question when every choice is one token
+# --------------------------------------------------------------------------------------------
+
+
+def _full_sequence_logprob(model, tokens: list[int]) -> tuple[float, bool]:
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens[:-1]])).logits[0, -1].float()
+    lp = torch.log_softmax(logits, -1)
+    return float(lp[tokens[-1]]), int(lp.argmax()) == tokens[-1]
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_one_token_choices_one_padded_forward_last_position_head(tiny_folders, which, one_thread):
+    """Questions whose choices are single tokens: one forward per batch of questions (right-padded,
+    each row read at its last real token), only those positions through the head, same log-probs
+    as each full sequence alone; other requests keep their paths."""
+    model, tok = load_model(tiny_folders[which])
+    lm = eval_lm.RadladsLM(model, tok, batch_size=3, progress=False)
+    lm.single_token_batch_tokens = 10**6  # rows per forward: --batch-size alone
+    questions = ["Q: 2+2?\nA. 3\nB. 4\nAnswer:", "Q: the sky is?\nA. blue\nB. green\nC. red\nAnswer:",
+                 "Q: x?\nAnswer:", "Q: a much longer question, with padding for the others in its batch?\nAnswer:"]
+    requests = []
+    for q in questions:
+        context = tok.encode(q, add_special_tokens=False)
+        requests += [((q, c), context, tok.encode(c, add_special_tokens=False)) for c in "ABCD"]
+    multi = (("other", " four"), tok.encode("Q: 2+2, in words?\nAnswer:", add_special_tokens=False),
+             tok.encode(" four", add_special_tokens=False))
+    requests.append(multi)
+    assert all(len(r[2]) == 1 for r in requests[:-1]) and len(multi[2]) > 1
+
+    forwards, head_rows = [], []
+    real_forward = lm._next_token_logprobs
+    lm._next_token_logprobs = lambda contexts: forwards.append(len(contexts)) or real_forward(contexts)
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: head_rows.append(tuple(out.shape)))
+    try:
+        got = lm._loglikelihood_tokens(requests)
+    finally:
+        hook.remove()
+    assert forwards == [3, 1]  # four questions in batches of 3: two forwards, not 16
+    vocab = model.get_output_embeddings().out_features
+    assert head_rows[:2] == [(3, 1, vocab), (1, 1, vocab)]  # the head saw one position per question
+    for (_, context, cont), (logprob, greedy) in zip(requests[:-1], got[:-1]):
+        want_lp, want_greedy = _full_sequence_logprob(model, list(context) + list(cont))
+        assert logprob == pytest.approx(want_lp, abs=1e-4)
+        assert greedy == want_greedy
+    # A token budget per forward (rows x longest row) caps the rows too.
+    forwards.clear()
+    lm.single_token_batch_tokens = 2 * max(len(r[1]) for r in requests)
+    again = lm._loglikelihood_tokens(requests)
+    assert forwards == [2, 2] and [g[0] for g in again] == pytest.approx([g[0] for g in got], abs=1e-5)
+    # The multi-token choice went the ordinary way, with the same value as the full sequence.
+    with torch.no_grad():
+        tokens = list(multi[1]) + list(multi[2])
+        lp = torch.log_softmax(model(torch.tensor([tokens[:-1]])).logits[0].float(), -1)
+    want = sum(float(lp[p - 1, tokens[p]]) for p in range(len(multi[1]), len(tokens)))
+    assert got[-1][0] == pytest.approx(want, abs=1e-4)

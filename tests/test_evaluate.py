@@ -440,6 +440,7 @@ def test_bad_inputs(env, capsys, tmp_path, monkeypatch):
     (no_weights / "config.json").write_text(json.dumps({"model_type": "radlads"}))
     _fails(capsys, ["eval", str(no_weights), "--tasks", "piqa", "--eval-data", data], r"no \*\.safetensors")
     _fails(capsys, ["eval", env["teacher"], "--tasks", " , ", "--eval-data", data], r"--tasks is empty")
+    _fails(capsys, ["eval", env["teacher"], "--threads", "0", "--eval-data", data], r"--threads must be >= 1, got 0")
 
     # A name lm-eval does not know either (the full lm-eval index is slow to build: stand it in).
     class FakeManager:
