@@ -15,6 +15,7 @@ from radlads import eval_lm, eval_results, eval_shards  # noqa: E402
 from radlads import evaluate as ev  # noqa: E402
 from radlads.cli import main  # noqa: E402
 from helpers import cli_error  # noqa: E402
+from test_eval_mmlu import write_mmlu_arc  # noqa: E402
 from radlads.errors import RadladsError  # noqa: E402
 from radlads.eval_tasks import LOCAL_TASKS, build_task, default_eval_data_dir, wikitext_pages  # noqa: E402
 from radlads.loading import load_model  # noqa: E402
@@ -68,7 +69,7 @@ def _write_eval_data(root: Path) -> Path:
         (root / rel).write_text("".join(json.dumps(i) + "\n" for i in items))
     (root / "wikitext2_raw_test").mkdir()
     (root / "wikitext2_raw_test" / "wiki.test.raw").write_text(WIKI_RAW)
-    return root
+    return write_mmlu_arc(root, per_subject=1)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,8 @@ def test_eval_cli_student_vs_teacher_table_and_json(env, capsys):
     table = capsys.readouterr().out
     header = table.splitlines()[0]
     assert header == "| task | metric | student | teacher | chance | ratio student |"
-    for task, metric in [("lambada_openai", "acc"), ("lambada_openai", "perplexity"), ("hellaswag", "acc_norm"),
+    for task, metric in [("lambada_openai", "acc"), ("lambada_openai", "perplexity"), ("mmlu", "acc"),
+                         ("arc_challenge", "acc"), ("arc_challenge", "acc_norm"), ("hellaswag", "acc_norm"),
                          ("piqa", "acc"), ("piqa", "acc_norm"), ("arc_easy", "acc"), ("winogrande", "acc"),
                          ("wikitext", "word_perplexity"), ("wikitext", "byte_perplexity"),
                          ("wikitext", "bits_per_byte")]:
@@ -384,6 +386,33 @@ def test_ratios_average_and_near_chance_exclusion():
     assert re.search(r"^\| wikitext \| word_perplexity \| 40\.0000 \| 30\.0000 \|  \| — \|$", table, re.M)
 
 
+def test_radlads_summary_lambada_and_mmlu_apart_average_of_the_rest():
+    teacher = {
+        "lambada_openai": _result("lambada_openai", 0.0, acc=(0.40, 0.01)),
+        "mmlu": _result("mmlu", 0.25, acc=(0.26, 0.004)),  # 0.01 < 3 * 0.004: near chance
+        "arc_challenge": _result("arc_challenge", 0.25, acc=(0.30, 0.01), acc_norm=(0.35, 0.01)),
+        "piqa": _result("piqa", 0.5, acc=(0.70, 0.01)),
+    }
+    student = {
+        "lambada_openai": _result("lambada_openai", 0.0, acc=(0.10, 0.01)),
+        "mmlu": _result("mmlu", 0.25, acc=(0.255, 0.004)),
+        "arc_challenge": _result("arc_challenge", 0.25, acc=(0.28, 0.01), acc_norm=(0.30, 0.01)),
+        "piqa": _result("piqa", 0.5, acc=(0.60, 0.01)),
+    }
+    r = eval_results.compute_ratios(student, teacher)
+    assert r["separate"] == {"lambada_openai": pytest.approx(0.25), "mmlu": pytest.approx(0.5)}
+    assert r["excluded_near_chance"] == ["mmlu"]
+    # arc_challenge by acc_norm (0.05 / 0.10), piqa by acc (0.1 / 0.2); neither LAMBADA nor MMLU
+    assert r["averaged_tasks"] == {"arc_challenge": pytest.approx(0.5), "piqa": pytest.approx(0.5)}
+    assert r["average"] == pytest.approx(0.5)
+    table = eval_results.format_table({"s": student, "t": teacher}, "t", {"s": r})
+    rows = [line for line in table.splitlines() if line.startswith("| **")]
+    assert rows == ["| **lambada_openai** | ratio, acc |  |  |  | **0.250** |",
+                    "| **mmlu** | ratio, acc |  |  |  | **0.500** ¹ |",
+                    "| **average** | ratio, other tasks |  |  |  | **0.500** |"]
+    assert "¹ Teacher within 3 standard errors of chance on mmlu" in table
+
+
 def test_ratio_undefined_when_teacher_exactly_at_chance():
     assert eval_results.ratio(0.6, 0.5, 0.5) is None
     assert eval_results.near_chance({"value": 0.5, "stderr": None}, 0.5)
@@ -411,15 +440,17 @@ def test_bad_inputs(env, capsys, tmp_path, monkeypatch):
     (no_weights / "config.json").write_text(json.dumps({"model_type": "radlads"}))
     _fails(capsys, ["eval", str(no_weights), "--tasks", "piqa", "--eval-data", data], r"no \*\.safetensors")
     _fails(capsys, ["eval", env["teacher"], "--tasks", " , ", "--eval-data", data], r"--tasks is empty")
+    _fails(capsys, ["eval", env["teacher"], "--threads", "0", "--eval-data", data], r"--threads must be >= 1, got 0")
 
     # A name lm-eval does not know either (the full lm-eval index is slow to build: stand it in).
     class FakeManager:
-        all_tasks = ["mmlu", "arc_challenge"]
+        all_tasks = ["sciq", "openbookqa"]
 
     monkeypatch.setattr(ev, "_task_manager", lambda: FakeManager())
     _fails(capsys, ["eval", env["teacher"], "--tasks", "piqa,hellaswagg", "--eval-data", data],
-           r"unknown task hellaswagg; local tasks: lambada_openai, hellaswag, piqa, arc_easy, winogrande, wikitext")
-    assert ev.parse_tasks("piqa,arc_challenge") == ["piqa", "arc_challenge"]  # hub names pass through
+           r"unknown task hellaswagg; local tasks: lambada_openai, hellaswag, piqa, arc_easy, arc_challenge, "
+           r"winogrande, wikitext, mmlu")
+    assert ev.parse_tasks("piqa,sciq,mmlu") == ["piqa", "sciq", "mmlu"]  # hub names pass through
 
 
 def test_default_eval_data_dir(tmp_path):
@@ -431,7 +462,8 @@ def test_default_eval_data_dir(tmp_path):
         (tmp_path / "shared" / "data" / "eval").resolve()
     with pytest.raises(RadladsError, match="no eval data folder at .*; pass --eval-data DIR"):
         default_eval_data_dir(cwd=tmp_path / "a" / "b", repo_root=tmp_path / "c" / "d")
-    assert set(LOCAL_TASKS) == {"lambada_openai", "hellaswag", "piqa", "arc_easy", "winogrande", "wikitext"}
+    assert set(LOCAL_TASKS) == {"lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande",
+                                "wikitext"}
 
 
 @pytest.mark.parametrize("which", ["teacher", "student"])

@@ -97,11 +97,38 @@ def pool_mean(parts: Sequence[tuple[int, float, float | None]]) -> tuple[float, 
 # --------------------------------------------------------------------------------------------
 
 
-def join_shards(name: str, task, shards: list[TaskResult]) -> TaskResult:
-    """One result from results on adjacent item ranges (see the module docstring for when it is exact)."""
+def _join_group_leaves(name: str, group, shards: list[TaskResult]) -> dict[str, dict]:
+    """A group's leaf results over all shards: each leaf's means pooled over the shards that have it."""
     from lm_eval.api.metrics import mean
 
-    aggregation = task.aggregation()
+    leaves = {}
+    for leaf in group.tasks:
+        parts = [s.subtasks[leaf] for s in shards if leaf in s.subtasks and s.subtasks[leaf]["n"] > 0]
+        if not parts:
+            continue
+        aggregation = group.tasks[leaf].aggregation()
+        metrics = {}
+        for label in parts[0]["metrics"]:
+            if aggregation.get(label.split(" (")[0]) is not mean:
+                raise RadladsError(f"cannot join {name} shards: {leaf} {label} is not a mean of per-item values")
+            value, err = pool_mean([(p["n"], p["metrics"][label]["value"], p["metrics"][label]["stderr"])
+                                    for p in parts])
+            metrics[label] = {"value": value, "stderr": err}
+        leaves[leaf] = {"n": sum(p["n"] for p in parts), "metrics": metrics}
+    return leaves
+
+
+def join_shards(name: str, task, shards: list[TaskResult]) -> TaskResult:
+    """One result from results on adjacent item ranges (see the module docstring for when it is exact).
+
+    A group (mmlu) joins each subtask's shards, then aggregates the group again as lm-eval does:
+    its pooled stderr is not that of a plain mean over all items, so it cannot be pooled directly.
+    """
+    from lm_eval.api.metrics import mean
+
+    from radlads.eval_results import aggregate_group
+
+    group = getattr(task, "tree", None) is not None
     first = shards[0]
     for s in shards[1:]:
         if (s.version, s.source, set(s.metrics)) != (first.version, first.source, set(first.metrics)):
@@ -109,12 +136,21 @@ def join_shards(name: str, task, shards: list[TaskResult]) -> TaskResult:
     for s in shards:
         if s.n != s.items[1] - s.items[0]:
             raise RadladsError(f"cannot join {name} shards: items {s.items[0]}:{s.items[1]} scored {s.n} items")
-    metrics = {}
-    for label in first.metrics:
-        if aggregation.get(label.split(" (")[0]) is not mean:
-            raise RadladsError(f"cannot join {name} shards: {label} is not a mean of per-item values")
-        value, err = pool_mean([(s.n, s.metrics[label]["value"], s.metrics[label]["stderr"]) for s in shards])
-        metrics[label] = {"value": value, "stderr": err}
+    metrics, subtasks = {}, {}
+    if group:
+        if any(not s.subtasks for s in shards):
+            raise RadladsError(f"cannot join {name} shards: a shard has no per-subtask results")
+        leaves = _join_group_leaves(name, task, shards)
+        subtasks = aggregate_group(task.tree, leaves)
+        metrics = subtasks.pop(name)["metrics"]
+        subtasks.update(leaves)
+    else:
+        aggregation = task.aggregation()
+        for label in first.metrics:
+            if aggregation.get(label.split(" (")[0]) is not mean:
+                raise RadladsError(f"cannot join {name} shards: {label} is not a mean of per-item values")
+            value, err = pool_mean([(s.n, s.metrics[label]["value"], s.metrics[label]["stderr"]) for s in shards])
+            metrics[label] = {"value": value, "stderr": err}
     n = sum(s.n for s in shards)
     chances = [s.chance for s in shards]
     return TaskResult(
@@ -123,6 +159,7 @@ def join_shards(name: str, task, shards: list[TaskResult]) -> TaskResult:
         seconds=sum(s.seconds for s in shards), source=first.source, higher_is_better=first.higher_is_better,
         items=(shards[0].items[0], shards[-1].items[1]),
         parts=[p for s in shards for p in (s.parts or [{"items": list(s.items)}])],
+        subtasks=subtasks,
     )
 
 

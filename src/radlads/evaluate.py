@@ -21,10 +21,12 @@ from typing import Any
 from radlads.cpu_matmul import with_onednn_matmul
 from radlads.errors import RadladsError
 from radlads.eval_lm import RadladsLM
-from radlads.eval_results import ItemRange, TaskResult, compute_ratios
+from radlads.eval_results import ItemRange, TaskResult, aggregate_group, compute_ratios
 from radlads.eval_shards import load_reusable, parse_items, resolve_range, reuse_result
 
-DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,arc_easy,winogrande,wikitext"
+# The table converted models are compared by (RADLADS, the Qwerky/QRWKV model cards), as far as the
+# shared data has it, plus WikiText perplexity.
+DEFAULT_TASKS = "lambada_openai,mmlu,arc_challenge,arc_easy,hellaswag,piqa,winogrande,wikitext"
 # Bootstrap resamples for stderrs that have no closed form (lambada perplexity); lm-eval's default
 # of 100,000 takes minutes on a CPU and only refines an error bar. Means keep their exact stderr.
 DEFAULT_BOOTSTRAP = 1000
@@ -37,17 +39,18 @@ FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 
 
 def parse_tasks(text: str) -> list[str]:
-    from radlads.eval_tasks import LOCAL_TASKS
+    from radlads.eval_tasks import LOCAL_GROUPS, LOCAL_TASKS
 
+    local = [*LOCAL_TASKS, *LOCAL_GROUPS]
     names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     if not names:
-        raise RadladsError(f"--tasks is empty; local tasks: {', '.join(LOCAL_TASKS)}")
-    hub = [n for n in names if n not in LOCAL_TASKS]
+        raise RadladsError(f"--tasks is empty; local tasks: {', '.join(local)}")
+    hub = [n for n in names if n not in local]
     if hub:
         known = set(_task_manager().all_tasks)
         unknown = [n for n in hub if n not in known]
         if unknown:
-            raise RadladsError(f"unknown task {', '.join(unknown)}; local tasks: {', '.join(LOCAL_TASKS)} "
+            raise RadladsError(f"unknown task {', '.join(unknown)}; local tasks: {', '.join(local)} "
                                "(other lm-eval task names load from the Hugging Face hub)")
     return names
 
@@ -60,10 +63,54 @@ def _task_manager() -> Any:
     return TaskManager()
 
 
+@dataclass
+class BuiltGroup:
+    """A local group (mmlu): lm-eval's group tree and its subtasks, whose documents --items counts
+    in this order, one after the other."""
+
+    tree: Any  # radlads.eval_tasks.GroupNode
+    tasks: dict[str, Any]  # subtask name -> lm-eval Task
+    version: Any = None
+    OUTPUT_TYPE = "group"
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(task.eval_docs) for name, task in self.tasks.items()}
+
+    def n_docs(self) -> int:
+        return sum(self.sizes.values())
+
+    def select(self, items: ItemRange) -> dict[str, list[int]]:
+        """Subtask -> its document indices inside the group's item range (subtasks without any left out)."""
+        chosen, offset = {}, 0
+        for name, size in self.sizes.items():
+            lo, hi = max(items[0], offset), min(items[1], offset + size)
+            if lo < hi:
+                chosen[name] = list(range(lo - offset, hi - offset))
+            offset += size
+        return chosen
+
+
+def n_docs(task) -> int:
+    return task.n_docs() if isinstance(task, BuiltGroup) else len(task.eval_docs)
+
+
+def _prepare(task) -> None:
+    # As lm-eval's simple_evaluate: zero-shot unless the task sets its own shots, seeded sampling.
+    if task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=FEWSHOT_SEED)
+
+
 def _build_task(name: str, data_dir: Path | None):
     """{leaf task name: Task} for one requested name (a hub name may be a group of several)."""
-    from radlads.eval_tasks import LOCAL_TASKS, build_task
+    from radlads.eval_tasks import LOCAL_GROUPS, LOCAL_TASKS, build_group, build_task
 
+    if name in LOCAL_GROUPS:
+        tree, subtasks = build_group(name, data_dir)
+        for task in subtasks.values():
+            _prepare(task)
+        return {name: BuiltGroup(tree, subtasks, version=tree.version)}
     if name in LOCAL_TASKS:
         tasks = {name: build_task(name, data_dir)}
     else:
@@ -73,10 +120,7 @@ def _build_task(name: str, data_dir: Path | None):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RadladsError(f"cannot load lm-eval task {name} from the Hugging Face hub: {first}") from e
     for task in tasks.values():
-        # As lm-eval's simple_evaluate: zero-shot unless the task sets its own shots, seeded sampling.
-        if task.get_config("num_fewshot") is None:
-            task.set_config(key="num_fewshot", value=0)
-        task.set_fewshot_seed(seed=FEWSHOT_SEED)
+        _prepare(task)
     return tasks
 
 
@@ -102,10 +146,44 @@ def _chance(task, samples: list[dict]) -> float | None:
     return None
 
 
+def evaluate_group(lm: RadladsLM, name: str, group: BuiltGroup, items: ItemRange, bootstrap_iters: int,
+                   source: str) -> TaskResult:
+    """A local group in one lm-eval run over its subtasks (all their requests in one batch for the
+    model), aggregated as lm-eval aggregates the group (radlads.eval_results.aggregate_group)."""
+    from lm_eval.evaluator import evaluate
+
+    lm.desc = name if items == (0, group.n_docs()) else f"{name} [{items[0]}:{items[1]}]"
+    chosen = group.select(items)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        out = evaluate(lm=lm, task_dict={t: group.tasks[t] for t in chosen}, samples=chosen,
+                       bootstrap_iters=bootstrap_iters, log_samples=True, verbosity="WARNING")
+    seconds = time.perf_counter() - start
+    leaves, chance_sum, n = {}, 0.0, 0
+    for t in chosen:
+        samples = out.get("samples", {}).get(t, [])
+        count = int(out.get("n-samples", {}).get(t, {}).get("effective", len(samples)))
+        leaves[t] = {"n": count, "metrics": _metrics(out["results"][t])}
+        chance_sum += (_chance(group.tasks[t], samples) or 0.0) * count
+        n += count
+    subtasks = aggregate_group(group.tree, leaves)
+    top = subtasks.pop(name)
+    subtasks.update(leaves)
+    hib = {}
+    for t in chosen:
+        hib.update(out.get("higher_is_better", {}).get(t, {}))
+    return TaskResult(task=name, metrics=top["metrics"], n=n, n_total=group.n_docs(), version=group.version,
+                      chance=chance_sum / n if n else None, seconds=seconds, source=source,
+                      higher_is_better={m: hib.get(m, True) for m in top["metrics"]}, items=items,
+                      subtasks=subtasks)
+
+
 def evaluate_task(lm: RadladsLM, name: str, task, items: ItemRange, bootstrap_iters: int,
                   source: str) -> TaskResult:
     from lm_eval.evaluator import evaluate
 
+    if isinstance(task, BuiltGroup):
+        return evaluate_group(lm, name, task, items, bootstrap_iters, source)
     n_docs = len(task.eval_docs)
     lm.desc = name if items == (0, n_docs) else f"{name} [{items[0]}:{items[1]}]"
     # A prefix goes through lm-eval's --limit (as lm_eval itself runs it); other ranges by index.
@@ -138,9 +216,9 @@ def evaluate_task(lm: RadladsLM, name: str, task, items: ItemRange, bootstrap_it
 
 def resolve_data_dir(arg: str | None, tasks: list[str]) -> Path | None:
     """The local benchmark files' folder, when any asked task reads them."""
-    from radlads.eval_tasks import LOCAL_TASKS, default_eval_data_dir
+    from radlads.eval_tasks import LOCAL_GROUPS, LOCAL_TASKS, default_eval_data_dir
 
-    if not any(t in LOCAL_TASKS for t in tasks):
+    if not any(t in LOCAL_TASKS or t in LOCAL_GROUPS for t in tasks):
         return None
     if arg is None:
         return default_eval_data_dir()
@@ -181,7 +259,7 @@ def evaluate_models(specs: list[str], teacher: str | None = None, tasks: str = D
 
     from radlads import __version__
     from radlads.dtypes import torch_dtype
-    from radlads.eval_tasks import LOCAL_TASKS
+    from radlads.eval_tasks import LOCAL_GROUPS, LOCAL_TASKS
     from radlads.loading import load_model, model_label
 
     _quiet_libraries()
@@ -191,7 +269,8 @@ def evaluate_models(specs: list[str], teacher: str | None = None, tasks: str = D
     # and every model is scored on the same documents (lm-eval rebuilds requests per evaluation).
     built: dict[str, tuple[Any, str]] = {}
     for name in task_names:
-        source = f"local:{data_dir / LOCAL_TASKS[name].data_file}" if name in LOCAL_TASKS else "lm-eval hub"
+        local = LOCAL_TASKS.get(name) or LOCAL_GROUPS.get(name)
+        source = f"local:{data_dir / local.data_file}" if local else "lm-eval hub"
         for leaf, task in _build_task(name, data_dir).items():
             built[leaf] = (task, source)
 
@@ -202,7 +281,7 @@ def evaluate_models(specs: list[str], teacher: str | None = None, tasks: str = D
         labels.append(label if label not in labels else f"{label} ({len(labels) + 1})")
     teacher_label = labels[-1] if teacher else None
     item_range = parse_items(items) if items is not None else None
-    ranges = {leaf: resolve_range(leaf, len(task.eval_docs), item_range, limit) for leaf, (task, _) in built.items()}
+    ranges = {leaf: resolve_range(leaf, n_docs(task), item_range, limit) for leaf, (task, _) in built.items()}
     reusable = load_reusable(list(reuse), dtype)
 
     results: dict[str, dict[str, TaskResult]] = {}

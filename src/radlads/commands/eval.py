@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only items START..END-1 of each task (END may be left out: to the end); with "
                         "--reuse, results on adjacent ranges are joined (accuracies only)")
     p.add_argument("--batch-size", type=int, default=8, metavar="B")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's, or OMP_NUM_THREADS); 1 on a shared machine")
     p.add_argument("--teacher", default=None, metavar="SPEC",
                    help="also evaluate this teacher and report each model's RADLADS ratio against it")
     add_dtype_argument(p)
@@ -44,6 +46,8 @@ def _check_args(args) -> None:
         raise RadladsError("--limit and --items both choose items; give one (--limit N is --items 0:N)")
     if args.batch_size < 1:
         raise RadladsError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise RadladsError(f"--threads must be >= 1, got {args.threads}")
     if args.bootstrap_iters < 1:
         raise RadladsError(f"--bootstrap-iters must be >= 1, got {args.bootstrap_iters}")
 
@@ -53,6 +57,10 @@ def run(args) -> int:
     from radlads.evaluate import evaluate_models
 
     _check_args(args)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     ev = evaluate_models(args.models, args.teacher, args.tasks, args.eval_data, args.limit, args.items,
                          args.batch_size, args.dtype, args.bootstrap_iters, args.reuse)
     print(format_table(ev.results, ev.teacher, ev.ratios))
