@@ -40,6 +40,10 @@ from radlads.errors import RadladsError
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 GGUF_ARCH = {"rwkv7": "arwkv7", "rwkv6": "rwkv6qwen2"}
 CONTEXT_LENGTH = 1048576  # what llama.cpp's RWKV converters write: an RNN has no context limit
+# ggml-cpu's rwkv_wkv7 SIMD loop walks a head GGML_F32_STEP floats at a time (32 with AVX2, 64 with
+# AVX-512) with no remainder loop for the state rows: smaller heads read their neighbours' values
+# (measured: head size 16 and 32 give wrong logits on this AVX-512 machine, 64 is exact).
+WKV7_HEAD_MULTIPLE = 64
 RWKV6_CLAMP_TOLERANCE = 1e-3  # relative max |Δlogit| the missing rwkv6 decay clamp may cause
 
 
@@ -83,6 +87,10 @@ def check_exportable(config) -> str:
     if config.attention_out_bias:
         raise RadladsError(f"an output-projection bias (attention_out_bias) is not in llama.cpp's {arch} graph; "
                            "run it in PyTorch")
+    if kind == "rwkv7" and config.head_dim % WKV7_HEAD_MULTIPLE:
+        raise RadladsError(f"head size {config.head_dim}: llama.cpp's CPU wkv7 kernel steps through a head "
+                           f"{WKV7_HEAD_MULTIPLE} floats at a time (AVX-512) and reads past smaller or ragged heads, "
+                           f"so arwkv7 needs a head size that is a multiple of {WKV7_HEAD_MULTIPLE}; run it in PyTorch")
     if kind == "rwkv7" and config.attention_bias:
         raise RadladsError("r/k/v biases (attention_bias, e.g. from a Qwen2 teacher) are not in llama.cpp's arwkv7 "
                            "graph; convert with --arch rwkv6 (rwkv6qwen2 has them), or run it in PyTorch")
@@ -360,6 +368,16 @@ def find_student(run: str | Path) -> Path:
     raise RadladsError(f"{run} is not a radlads student folder (no config.json with model_type radlads)")
 
 
+def _temp_beside(out: Path) -> Path:
+    """An empty file beside `out` to write into and rename over it, with the usual permissions."""
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes it private; a model file is meant to be shared
+    return Path(name)
+
+
 def export_gguf(run: str | Path, out: str | Path, outtype: str = "f32", force: bool = False,
                 say=print) -> dict:
     """Write RUN's student to OUT as GGUF; returns a summary (arch, tensors, bytes, notes)."""
@@ -388,9 +406,7 @@ def export_gguf(run: str | Path, out: str | Path, outtype: str = "f32", force: b
     tensors = rwkv7_tensors(model) if config.time_mix == "rwkv7" else rwkv6_tensors(model)
     _, ftype = _qtypes()[outtype]
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_beside(out)
     try:
         writer = gguf.GGUFWriter(tmp, arch)
         c = config
@@ -462,9 +478,7 @@ def requantize_gguf(source: str | Path, out: str | Path, outtype: str = "q8_0", 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.allow_requantize = True
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_beside(out)
     try:
         rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
         if rc != 0:
