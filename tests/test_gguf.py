@@ -268,3 +268,23 @@ def test_openai_server_chat_matches_pytorch_greedy(tmp_path):
         assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == expected
         assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
     assert server.process.poll() is not None  # stopped
+
+
+def test_bench_llama_cpp_backend_rows(exported, tmp_path, capsys):
+    from radlads.cli import main
+
+    student, teacher_like = exported["rwkv6"][2], exported["rwkv7"][2]
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(student), "--vs", str(teacher_like), "--backend", "llama.cpp", "--contexts", "32,96",
+                 "--decode-tokens", "3", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["backend"] == "llama.cpp" and report["summary"]["speedup_target"] == 3.0
+    rows = report["models"][0]["rows"]
+    assert [r["context"] for r in rows] == [32, 96]
+    assert all(r["prefill_tokens_per_s"] > 0 and len(r["decode_ms"]) == 3 for r in rows)
+    # a recurrent state does not grow with the context
+    assert rows[0]["state_bytes"] == rows[1]["state_bytes"] > 0
+    assert report["models"][0]["model_type"] == "rwkv6qwen2" and report["models"][0]["recurrent"]
+    assert "ALL_F32" in capsys.readouterr().out
+    assert "--backend llama.cpp measures .gguf files" in cli_error(
+        capsys, ["bench", exported["rwkv6"][0], "--backend", "llama.cpp"])
