@@ -255,12 +255,12 @@ def _keep_f32(name: str, array: np.ndarray, arch: str) -> bool:
     return name.endswith(kept)
 
 
-def encode(name: str, array: np.ndarray, outtype: str, arch: str):
+def encode(name: str, array: np.ndarray, outtype: str, arch: str, keep_f32: tuple[str, ...] = ()):
     """(data, raw ggml type or None) for one tensor at the requested output type."""
     import gguf
 
     qtype, _ = _qtypes()[outtype]
-    if outtype == "f32" or _keep_f32(name, array, arch):
+    if outtype == "f32" or _keep_f32(name, array, arch) or any(k in name for k in keep_f32):
         return array.astype(np.float32), None
     if outtype == "f16":
         return array.astype(np.float16), None
@@ -379,7 +379,7 @@ def _temp_beside(out: Path) -> Path:
 
 
 def export_gguf(run: str | Path, out: str | Path, outtype: str = "f32", force: bool = False,
-                say=print) -> dict:
+                say=print, keep_f32: tuple[str, ...] = ()) -> dict:
     """Write RUN's student to OUT as GGUF; returns a summary (arch, tensors, bytes, notes)."""
     import gguf
 
@@ -438,7 +438,7 @@ def export_gguf(run: str | Path, out: str | Path, outtype: str = "f32", force: b
             tokenizer_from = "written from the student folder's tokenizer.json"
         nbytes = 0
         for name, t in tensors:
-            data, raw = encode(name, _np(t), outtype, arch)
+            data, raw = encode(name, _np(t), outtype, arch, keep_f32)
             writer.add_tensor(name, data, raw_dtype=raw)
             nbytes += data.nbytes
         writer.write_header_to_file()
