@@ -288,3 +288,20 @@ def test_bench_llama_cpp_backend_rows(exported, tmp_path, capsys):
     assert "ALL_F32" in capsys.readouterr().out
     assert "--backend llama.cpp measures .gguf files" in cli_error(
         capsys, ["bench", exported["rwkv6"][0], "--backend", "llama.cpp"])
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
+def test_reduced_types_load_and_stay_close(exported, tmp_path, outtype, one_thread):
+    from radlads import llama_cpp_run
+    from radlads.gguf_export import export_gguf
+
+    folder, model, _ = exported["rwkv7"]
+    path = tmp_path / f"{outtype}.gguf"
+    export_gguf(folder, path, outtype, say=lambda *_: None)
+    ids = prompt_ids()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    got = llama_cpp_run.eval_logits(llama_cpp_run.load(path, n_ctx=256, logits_all=True), ids)
+    rel = float(np.abs(got - expected).max()) / float(np.abs(expected).max())
+    assert 0 < rel < 0.05  # rounded, so not exact, but the same model
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.9
