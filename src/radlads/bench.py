@@ -18,6 +18,12 @@ For each model and context length L:
 
 A teacher is not run on contexts longer than its max_position_embeddings (noted, not an error).
 
+--backend llama.cpp measures GGUF files (`radlads export-gguf`, or a teacher's GGUF) in llama.cpp
+through llama-cpp-python instead, the same way: fresh worker per context, the same random ids,
+prefill through llama.cpp's batched decode (n_batch 512), decode one token per call, greedy on the
+raw logits; the state is llama.cpp's per-sequence state size (recurrent state, or the K/V cache of
+the tokens read).
+
 --paired (with --vs) adds one more worker that loads both models and takes their decode steps in
 turn at the largest context both ran (`paired_decode`): the speedup from such pairs is what to
 trust on a shared machine, where the two separate per-context runs see different background load.
@@ -47,6 +53,9 @@ from radlads.scoring import context_limit, forward_cached, is_recurrent, skip_re
 
 FLATNESS_TARGET = 1.15  # student decode max/min across contexts: within 15%
 SPEEDUP_TARGET = 5.0  # student decode speedup over the teacher at the largest context
+# llama.cpp rows (issue #13): decode flat within ±10% (max/min <= 1.10 is the strict reading) and
+# >= 3x the teacher's decode speed at the largest context, at equal weight type.
+LLAMA_CPP_TARGETS = (1.10, 3.0)
 WARMUP_TOKENS = 16  # a short forward before measuring, so one-time initialisation is not timed
 CONTEXT_SEED = 0
 
@@ -260,6 +269,53 @@ def _mark_past_limit(row: dict, limit: int | None) -> dict:
     return row
 
 
+@torch.no_grad()
+def measure_context_llama(llm, context: int, decode_tokens: int) -> dict:
+    """measure_context for a llama_cpp.Llama (see radlads.llama_cpp_run)."""
+    from radlads import llama_cpp_run
+
+    vocab = llm.n_vocab()
+    llama_cpp_run.prefill(llm, random_context(vocab, WARMUP_TOKENS, seed=CONTEXT_SEED + 1)[0].tolist())  # warm-up
+    ids = random_context(vocab, context)[0].tolist()
+    with PeakRSS() as mem:
+        prefill_s, next_id = llama_cpp_run.prefill(llm, ids)
+        state = llama_cpp_run.state_bytes(llm)
+        step_ms = []
+        for _ in range(decode_tokens):
+            ms, next_id = llama_cpp_run.timed_step(llm, next_id)
+            step_ms.append(ms)
+    return {
+        "context": context, "prefill_s": prefill_s, "prefill_tokens_per_s": context / prefill_s,
+        "decode_ms_per_token": statistics.median(step_ms), "decode_ms": step_ms, "state_bytes": state,
+        "peak_rss_bytes": mem.peak, "rss_before_bytes": mem.start_rss, "memory_method": mem.method,
+        "skipped": None,
+    }
+
+
+def paired_decode_llama(llm, other, context: int, steps: int) -> dict:
+    """paired_decode for two llama_cpp.Llama models."""
+    from radlads import llama_cpp_run
+
+    ids = random_context(llm.n_vocab(), context)[0].tolist()
+    states = [llama_cpp_run.prefill(m, ids)[1] for m in (llm, other)]
+    ms = [[], []]
+    for step in range(steps):
+        for i in ((0, 1) if step % 2 == 0 else (1, 0)):
+            t, states[i] = llama_cpp_run.timed_step((llm, other)[i], states[i])
+            ms[i].append(t)
+    ratios = [b / a for a, b in zip(*ms)]
+    return {"context": context, "steps": steps, "decode_ms": ms[0], "vs_decode_ms": ms[1], "ratios": ratios,
+            "decode": statistics.median(ratios), "decode_ms_per_token": statistics.median(ms[0]),
+            "vs_decode_ms_per_token": statistics.median(ms[1])}
+
+
+def _load_llama(spec: str, context: int, decode_tokens: int, threads: int | None, flash_attn: bool):
+    from radlads import llama_cpp_run
+
+    n_ctx = context + decode_tokens + WARMUP_TOKENS + 16
+    return llama_cpp_run.load(spec, n_ctx=n_ctx, threads=threads or 1, flash_attn=flash_attn)
+
+
 def _model_info(model) -> dict:
     return {
         "recurrent": is_recurrent(model),
@@ -278,6 +334,8 @@ def _worker(job_file: str) -> int:
     """Entry point of `python -m radlads.bench JOB.json`: measure one context, write the result."""
     job = json.loads(Path(job_file).read_text())
     try:
+        if job.get("backend") == "llama.cpp":
+            return _worker_llama(job)
         if job.get("threads"):
             torch.set_num_threads(job["threads"])
         model, _ = load_model(job["spec"], torch_dtype(job["dtype"]), quiet=True)
@@ -301,12 +359,35 @@ def _worker(job_file: str) -> int:
     return 0
 
 
+def _worker_llama(job: dict) -> int:
+    from radlads import llama_cpp_run
+
+    args = (job["context"], job["decode_tokens"], job.get("threads"), job.get("flash_attn", False))
+    llm = _load_llama(job["spec"], *args)
+    if job.get("paired_with"):
+        other = _load_llama(job["paired_with"], *args)
+        paired = paired_decode_llama(llm, other, job["context"], job["decode_tokens"])
+        Path(job["out"]).write_text(json.dumps({"paired": paired}))
+        return 0
+    result = {"info": llama_cpp_run.model_info(llm), "threads": job.get("threads") or 1}
+    result["info"]["flash_attn"] = job.get("flash_attn", False)
+    limit = result["info"]["context_limit"]
+    reason = skip_reason(limit, job["context"], job.get("past_limit", False))
+    if reason:
+        result["row"] = {"context": job["context"], "skipped": reason}
+    else:
+        result["row"] = _mark_past_limit(measure_context_llama(llm, job["context"], job["decode_tokens"]), limit)
+    Path(job["out"]).write_text(json.dumps(result))
+    return 0
+
+
 def _run_worker(spec: str, context: int, settings: BenchSettings, paired_with: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="radlads-bench-") as tmp:
         job = {
             "spec": spec, "context": context, "decode_tokens": settings.decode_tokens, "dtype": settings.dtype,
             "threads": settings.threads, "prefill_chunk": settings.prefill_chunk,
             "past_limit": settings.past_context_limit, "paired_with": paired_with,
+            "backend": settings.backend, "flash_attn": settings.flash_attn,
             "out": str(Path(tmp) / "result.json"),
         }
         job_file = Path(tmp) / "job.json"
@@ -367,9 +448,10 @@ def _measured(rows: list[dict]) -> dict[int, dict]:
     return {r["context"]: r for r in rows if not r.get("skipped")}
 
 
-def summarize(models: list[dict]) -> dict:
+def summarize(models: list[dict], backend: str = "torch") -> dict:
     """Decode flatness (max/min ms/token across contexts) per model; speedup of MODEL over --vs."""
-    summary = {"flatness": {}, "flatness_target": FLATNESS_TARGET, "speedup_target": SPEEDUP_TARGET}
+    flat_target, speed_target = LLAMA_CPP_TARGETS if backend == "llama.cpp" else (FLATNESS_TARGET, SPEEDUP_TARGET)
+    summary = {"flatness": {}, "flatness_target": flat_target, "speedup_target": speed_target}
     for m in models:
         ms = [r["decode_ms_per_token"] for r in _measured(m["rows"]).values()]
         if len(ms) >= 2:
@@ -389,6 +471,7 @@ def summarize(models: list[dict]) -> dict:
 
 
 def summary_lines(models: list[dict], summary: dict, contexts: list[int]) -> list[str]:
+    FLATNESS_TARGET, SPEEDUP_TARGET = summary["flatness_target"], summary["speedup_target"]  # noqa: N806
     lines = []
     for m in models:
         flat = summary["flatness"].get(m["label"])
@@ -464,6 +547,8 @@ class BenchSettings:
     past_context_limit: bool = False
     in_process: bool = False
     paired: bool = False
+    backend: str = "torch"  # or "llama.cpp": GGUF files through llama-cpp-python
+    flash_attn: bool = False  # llama.cpp only: flash attention for transformer GGUFs
 
 
 def load_average() -> str:
@@ -474,9 +559,18 @@ def load_average() -> str:
         return "unknown"
 
 
-def check_spec(spec: str) -> None:
+def check_spec(spec: str, backend: str = "torch") -> None:
     """Fail fast on a model that does not exist, before any (slow) worker starts."""
     from radlads.loading import is_student_dir
+
+    if backend == "llama.cpp":
+        if not (Path(spec).is_file() and Path(spec).suffix.lower() == ".gguf"):
+            raise RadladsError(f"--backend llama.cpp measures .gguf files (make one with radlads export-gguf); "
+                               f"{spec} is not one")
+        from radlads.llama_cpp_run import import_llama_cpp
+
+        import_llama_cpp()
+        return
 
     if not is_student_dir(spec):
         from radlads.teachers import resolve_teacher
@@ -496,7 +590,9 @@ def run_bench(specs: list[str], settings: BenchSettings) -> dict:
     from radlads.loading import model_label
 
     for spec in specs:
-        check_spec(spec)
+        check_spec(spec, settings.backend)
+    if settings.backend == "llama.cpp" and settings.in_process:
+        raise RadladsError("--in-process is for the torch backend; llama.cpp rows always run one process per context")
     models = []
     for spec in specs:
         if settings.in_process:
@@ -513,7 +609,7 @@ def run_bench(specs: list[str], settings: BenchSettings) -> dict:
             if r.get("skipped"):
                 print(f"note: {model_label(spec)} skipped at {r['context']}: {r['skipped']}", file=sys.stderr)
 
-    summary = summarize(models)
+    summary = summarize(models, settings.backend)
     if settings.paired and "speedup" in summary:
         context = summary["speedup"]["context"]
         if settings.in_process:
@@ -527,9 +623,24 @@ def run_bench(specs: list[str], settings: BenchSettings) -> dict:
         "contexts": settings.contexts, "decode_tokens": settings.decode_tokens, "dtype": settings.dtype,
         "prefill_chunk": settings.prefill_chunk, "isolation": "in-process" if settings.in_process else "subprocess",
         "memory_method": method, "context_tokens": f"random ids, seed {CONTEXT_SEED}",
-        "load_average_after": load_average(), "cpu_count": os.cpu_count(),
+        "load_average_after": load_average(), "cpu_count": os.cpu_count(), "backend": settings.backend,
         "models": models, "summary": summary,
     }
+
+
+def _backend_text(report: dict) -> str:
+    if report.get("backend") == "llama.cpp":
+        import gguf
+
+        def name(t):
+            try:
+                return gguf.LlamaFileType(int(t)).name
+            except (TypeError, ValueError):
+                return str(t)
+
+        types = ", ".join(f"{m['label']} {name(m.get('file_type'))}" for m in report["models"])
+        return f"llama.cpp ({types})"
+    return f"dtype {report['dtype']}"
 
 
 def report_text(report: dict) -> str:
@@ -537,7 +648,7 @@ def report_text(report: dict) -> str:
     models = report["models"]
     lines = [markdown_table(models), "",
              f"context = random token ids (seed {CONTEXT_SEED}); decode = median of {report['decode_tokens']} greedy "
-             f"steps; dtype {report['dtype']}; threads {models[0]['threads']}; peak RSS: "
+             f"steps; {_backend_text(report)}; threads {models[0]['threads']}; peak RSS: "
              f"{'one process per context' if report['isolation'] == 'subprocess' else 'in-process'}, "
              f"{report['memory_method']}; load average {report['load_average_after']} (timings are noisy on a busy "
              f"machine)"]

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("radlads.commands.bench", "prefill/decode speed and memory per context length"),
     "passkey": ("radlads.commands.passkey", "passkey-retrieval accuracy per context length and depth"),
     "generate": ("radlads.commands.generate", "generate text from a model, streaming"),
+    "export-gguf": ("radlads.commands.export_gguf", "write a student as a GGUF file for llama.cpp"),
 }
 
 

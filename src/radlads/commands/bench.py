@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --vs: also time both models' decode steps in turn in one process at the largest "
                    "context both ran, and report the median of the per-pair ratios (far less affected by "
                    "other processes than the ratio of two separate medians)")
+    p.add_argument("--backend", choices=("torch", "llama.cpp"), default="torch",
+                   help="torch: student folders / teacher specs in PyTorch; llama.cpp: .gguf files (radlads "
+                   "export-gguf, a teacher's GGUF) through llama-cpp-python (the gguf extra); --threads sets "
+                   "llama.cpp's threads (default 1), --dtype does not apply (the file's types do)")
+    p.add_argument("--flash-attn", action="store_true", help="llama.cpp: flash attention for transformer GGUFs")
     p.add_argument("--json", default=None, metavar="FILE", help="write the raw numbers here")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="decode ms/token and state bytes vs context")
 
@@ -69,7 +74,7 @@ def run(args) -> int:
     settings = bench.BenchSettings(
         contexts=validate(args), decode_tokens=args.decode_tokens, prefill_chunk=args.prefill_chunk,
         dtype=args.dtype, threads=args.threads, past_context_limit=args.past_context_limit,
-        in_process=args.in_process, paired=args.paired)
+        in_process=args.in_process, paired=args.paired, backend=args.backend, flash_attn=args.flash_attn)
     report = bench.run_bench([args.model] + ([args.vs] if args.vs else []), settings)
     print(bench.report_text(report))
     if args.json:
