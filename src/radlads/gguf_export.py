@@ -378,13 +378,8 @@ def _temp_beside(out: Path) -> Path:
     return Path(name)
 
 
-def export_gguf(run: str | Path, out: str | Path, outtype: str = "f32", force: bool = False,
-                say=print, keep_f32: tuple[str, ...] = ()) -> dict:
-    """Write RUN's student to OUT as GGUF; returns a summary (arch, tensors, bytes, notes)."""
-    import gguf
-
-    from radlads.loading import load_student
-
+def _checked_output(out: str | Path, outtype: str, force: bool) -> Path:
+    """OUT as a Path, once the type is known and writing there is allowed."""
     if outtype not in OUTTYPES:
         raise RadladsError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     out = Path(out)
@@ -392,6 +387,17 @@ def export_gguf(run: str | Path, out: str | Path, outtype: str = "f32", force: b
         raise RadladsError(f"{out} exists: pass --force to overwrite it")
     if not out.resolve().parent.is_dir():
         raise RadladsError(f"folder {out.resolve().parent} does not exist")
+    return out
+
+
+def export_gguf(run: str | Path, out: str | Path, outtype: str = "f32", force: bool = False,
+                say=print, keep_f32: tuple[str, ...] = ()) -> dict:
+    """Write RUN's student to OUT as GGUF; returns a summary (arch, tensors, bytes, notes)."""
+    import gguf
+
+    from radlads.loading import load_student
+
+    out = _checked_output(out, outtype, force)
     folder = find_student(run)
     from radlads.model.configuration_radlads import RadladsConfig
 
@@ -462,13 +468,7 @@ def requantize_gguf(source: str | Path, out: str | Path, outtype: str = "q8_0", 
     bytes. Needs llama-cpp-python (the `gguf` extra). Already-quantised weights are dequantised and
     quantised again (llama.cpp's allow_requantize); the result is no better than the source.
     """
-    if outtype not in OUTTYPES:
-        raise RadladsError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
-    out = Path(out)
-    if out.exists() and not force:
-        raise RadladsError(f"{out} exists: pass --force to overwrite it")
-    if not out.resolve().parent.is_dir():
-        raise RadladsError(f"folder {out.resolve().parent} does not exist")
+    out = _checked_output(out, outtype, force)
     try:
         import llama_cpp
     except ImportError:
