@@ -13,7 +13,7 @@ largest |Δ| is kept too (to tell one outlier from a general drift).
 from __future__ import annotations
 
 import argparse
-import gzip
+import itertools
 import json
 import math
 import os
@@ -24,16 +24,10 @@ import torch
 
 
 def read_docs(path: str, n: int) -> list[str]:
-    opener = gzip.open if path.endswith(".gz") else open
-    docs = []
-    with opener(path, "rt") as f:
-        for line in f:
-            text = json.loads(line)["text"].strip()
-            if text:
-                docs.append(text)
-            if len(docs) == n:
-                break
-    return docs
+    """The first n documents of a held-out data spec, read as `radlads ppl` reads them."""
+    from radlads.data import read_texts
+
+    return [text.strip() for text in itertools.islice(read_texts(path), n)]
 
 
 def nll_sum(logits: np.ndarray, ids: list[int]) -> float:

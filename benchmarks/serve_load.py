@@ -15,7 +15,6 @@ bounded: clients × requests requests per round.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import time
@@ -23,12 +22,13 @@ import time
 
 def prompts(data: str, tokenizer, n: int, tokens: int) -> list[str]:
     """n different texts of about `tokens` tokens each, cut from consecutive held-out documents."""
+    from radlads.data import read_texts
+
     stream = []
-    with gzip.open(data, "rt") as f:
-        for line in f:
-            stream += tokenizer.encode(json.loads(line)["text"], add_special_tokens=False)
-            if len(stream) >= n * tokens:
-                break
+    for text in read_texts(data):
+        stream += tokenizer.encode(text, add_special_tokens=False)
+        if len(stream) >= n * tokens:
+            break
     return [tokenizer.decode(stream[i * tokens : (i + 1) * tokens]) for i in range(n)]
 
 
