@@ -95,3 +95,17 @@ def test_attention_distance_of_a_uniform_head():
 def test_config_rejects_an_unknown_mode():
     with pytest.raises(RadladsError, match="student.teacher_init"):
         load_config(overrides={"student": {"teacher_init": "magic"}})
+
+
+@pytest.mark.parametrize("arch,same_as,not_as", [("rwkv7", "decay+gain", "gain"), ("rwkv6", "gain", "decay+gain")])
+def test_auto_mode_is_the_measured_best_of_each_arch(arch, same_as, not_as):
+    teacher = tiny_teacher("llama")
+    batches = _batches(T=128)
+    students = {}
+    for mode in ("auto", same_as, not_as):
+        students[mode] = build_student(teacher, arch, seed=0)
+        initialise_from_teacher(students[mode], teacher, batches, mode)
+    auto, same, other = (students[m].state_dict() for m in ("auto", same_as, not_as))
+    assert all(torch.equal(auto[k], same[k]) for k in auto)
+    assert not all(torch.equal(auto[k], other[k]) for k in auto)
+    assert load_config(overrides={"student": {"teacher_init": "auto"}}).student.teacher_init == "auto"

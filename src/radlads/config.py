@@ -24,7 +24,8 @@ class StudentConfig:
     use_rope: bool = False
     use_groupnorm: bool = False
     # Fit the new time-mix parameters to the teacher's attention before stage 1 (radlads.teacher_init):
-    # none | gain | decay | decay+gain, from `teacher_init_sequences` training sequences of stage1.seq_len.
+    # none | gain | decay | decay+gain | auto (the measured best per arch: decay+gain for rwkv7, gain for
+    # rwkv6), from `teacher_init_sequences` training sequences of stage1.seq_len.
     teacher_init: str = "none"
     teacher_init_sequences: int = 4
 
@@ -100,11 +101,12 @@ class RunConfig:
 
 
 # Tokens/s of each stage on this project's 2-core CPU with the smollm2-135m teacher (fp32, 2 threads,
-# seq 512; stage 3 at seq 2048), measured on a quiet machine with benchmarks/bench_train.py.
+# seq 512), measured on a quiet machine with benchmarks/bench_train.py (2026-12-07, oneDNN matmuls:
+# 208 and 96 tok/s). Stage 3 (seq 2048) is not in that benchmark; its 60 is an earlier stage-2 speed.
 # The cpu-demo budget (presets/cpu-demo.yaml) is derived from them: about 25 minutes of stage 1 and
 # 25 of stage 2, so a whole `radlads convert --preset cpu-demo` (plus loading, validation and
 # export) takes an hour; tests/test_config.py checks the file against cpu_demo_tokens.
-CPU_DEMO_TOK_S = {1: 179.0, 2: 60.0, 3: 60.0}
+CPU_DEMO_TOK_S = {1: 208.0, 2: 96.0, 3: 60.0}
 CPU_DEMO_MINUTES = {1: 25, 2: 25, 3: 10}
 
 
@@ -209,8 +211,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise RadladsError(message)
 
     need(cfg.student.arch in ("rwkv7", "rwkv6"), f"student.arch must be rwkv7 or rwkv6, got {cfg.student.arch!r}")
-    need(cfg.student.teacher_init in ("none", "gain", "decay", "decay+gain"),
-         f"student.teacher_init must be none, gain, decay or decay+gain, got {cfg.student.teacher_init!r}")
+    need(cfg.student.teacher_init in ("none", "gain", "decay", "decay+gain", "auto"),
+         f"student.teacher_init must be none, gain, decay, decay+gain or auto, got {cfg.student.teacher_init!r}")
     need(cfg.student.teacher_init_sequences >= 1, "student.teacher_init_sequences must be >= 1")
     need(cfg.dtype in ("fp32", "bf16"), f"dtype must be fp32 or bf16, got {cfg.dtype!r}")
     need(bool(cfg.stages) and all(s in (1, 2, 3) for s in cfg.stages) and cfg.stages == sorted(set(cfg.stages)),

@@ -107,14 +107,15 @@ def fresh_student(cfg: RunConfig, teacher, tokenizer):
                             use_rope=s.use_rope, use_groupnorm=s.use_groupnorm)
     if s.teacher_init != "none":
         from radlads.data import validation_batches
-        from radlads.teacher_init import initialise_from_teacher
+        from radlads.teacher_init import initialise_from_teacher, resolve_mode
 
         # training text, never the held-out split: these sequences also come up in stage 1
         batches = validation_batches(cfg.data.spec, tokenizer, cfg.stage1.seq_len, s.teacher_init_sequences,
                                      cfg.data.text_field, split="train", valid_fraction=cfg.data.valid_fraction)
         initialise_from_teacher(student, teacher, batches, s.teacher_init)
         if dist.rank() == 0:
-            print(f"radlads: time-mix initialised from the teacher ({s.teacher_init}, {len(batches)} sequences)",
+            print(f"radlads: time-mix initialised from the teacher ({resolve_mode(s.teacher_init, s.arch)}, "
+                  f"{len(batches)} sequences)",
                   file=sys.stderr)
     return student
 
