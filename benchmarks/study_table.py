@@ -48,10 +48,12 @@ def load_many(patterns: list[str], key: str) -> dict:
     return merged
 
 
-def quick_scores(patterns: list[str]) -> tuple[dict, dict]:
+def quick_scores(patterns: list[str]) -> tuple[dict, dict, dict]:
     """model name -> {task: accuracy} from `radlads eval --json` files (acc_norm for hellaswag),
-    and task -> chance accuracy. A later file overrides an earlier one for the same model and task."""
+    task -> chance accuracy, and model name -> {task: standard error of the accuracy}. A later file
+    overrides an earlier one for the same model and task."""
     scores: dict[str, dict] = {}
+    stderr: dict[str, dict] = {}
     chance: dict[str, float] = {}
     for pattern in patterns:
         for path in sorted(glob.glob(pattern)):
@@ -62,9 +64,10 @@ def quick_scores(patterns: list[str]) -> tuple[dict, dict]:
                     metric = "acc_norm" if task == "hellaswag" else "acc"
                     if metric in result.get("metrics", {}):
                         scores.setdefault(name, {})[task] = result["metrics"][metric]["value"]
+                        stderr.setdefault(name, {})[task] = result["metrics"][metric].get("stderr")
                     if result.get("chance") is not None:
                         chance[task] = result["chance"]
-    return scores, chance
+    return scores, chance, stderr
 
 
 # The tasks the teacher (smollm2-135m) is > 3 se above chance on: the issue's average ratio.
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
         return None
 
     yard = load_many(args.yardstick, "students")
-    quick, chance = quick_scores(args.quick)
+    quick, chance, _ = quick_scores(args.quick)
     table = []
     for row in yaml.safe_load(Path(args.rows).read_text()):
         s1 = stage_summary(metrics_of(row["stage1"])).get(1)
