@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from study_table import RATIO_TASKS, average_ratio, load_many, quick_scores, stage_summary
+from study_table import RATIO_TASKS, average_ratio, load_many, metrics_path, quick_scores, stage_summary
 
 TARGET_RATIO = 0.9
 
@@ -39,7 +39,8 @@ def ratio_stderr(student_se: dict, teacher: dict, chance: dict) -> float | None:
 
 
 def line_fit(xs: list[float], ys: list[float]) -> dict | None:
-    """Least squares y = a + b·x with the slope's standard error (None with fewer than 3 points)."""
+    """Least squares y = a + b·x with the slope's standard error and the means the line passes
+    through (None with fewer than 3 points)."""
     n = len(xs)
     if n < 3:
         return None
@@ -48,7 +49,7 @@ def line_fit(xs: list[float], ys: list[float]) -> dict | None:
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
     a = my - b * mx
     residual = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
-    return {"intercept": a, "slope": b, "slope_se": math.sqrt(residual / (n - 2) / sxx)}
+    return {"intercept": a, "slope": b, "slope_se": math.sqrt(residual / (n - 2) / sxx), "x_mean": mx, "y_mean": my}
 
 
 def tokens_at(fit: dict, target: float, slope: float) -> float | None:
@@ -71,12 +72,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     runs, kept = Path(args.runs), Path(args.copy_metrics) if args.copy_metrics else None
 
-    def metrics_of(run: str) -> Path | None:
-        for path in (runs / run / "metrics.jsonl", kept / f"{Path(run).name}.jsonl" if kept else None):
-            if path is not None and path.exists():
-                return path
-        return None
-
     yard = load_many(args.yardstick, "students")
     quick, chance, stderr = quick_scores(args.quick)
     teacher = quick.get(args.teacher, {})
@@ -85,11 +80,11 @@ def main(argv=None) -> int:
         runs_of_point = [r for r in (row["stage1"], row.get("stage2")) if r]
         summaries = {}
         for run in runs_of_point:
-            metrics = metrics_of(run)
+            metrics = metrics_path(runs, kept, run)
             if metrics is None:
                 print(f"scaling_curve: {row['point']}: no metrics for {run}; point left out", file=sys.stderr)
                 break
-            summaries.update({stage: s for stage, s in stage_summary(metrics).items()})
+            summaries.update(stage_summary(metrics))
             if kept and metrics.parent != kept:
                 kept.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(metrics, kept / f"{Path(run).name}.jsonl")
@@ -109,8 +104,6 @@ def main(argv=None) -> int:
     rated = [q for q in points if q["ratio"] is not None]
     fit = line_fit([math.log10(q["tokens"]) for q in rated], [q["ratio"] for q in rated])
     if fit:
-        fit["x_mean"] = sum(math.log10(q["tokens"]) for q in rated) / len(rated)
-        fit["y_mean"] = sum(q["ratio"] for q in rated) / len(rated)
         fit["target_ratio"] = TARGET_RATIO
         fit["tokens_at_target"] = {
             "fitted": tokens_at(fit, TARGET_RATIO, fit["slope"]),

@@ -38,6 +38,15 @@ def stage_summary(metrics: Path | None) -> dict:
     return out
 
 
+def metrics_path(runs: Path, kept: Path | None, run: str | None) -> Path | None:
+    """A run's metrics.jsonl, or its kept copy (kept/NAME.jsonl) once the folder is gone (a machine
+    handed back empty)."""
+    for path in (runs / str(run) / "metrics.jsonl", kept / f"{Path(str(run)).name}.jsonl" if kept else None):
+        if run and path is not None and path.exists():
+            return path
+    return None
+
+
 def load_many(patterns: list[str], key: str) -> dict:
     merged = {}
     for pattern in patterns:
@@ -94,20 +103,13 @@ def main(argv=None) -> int:
     runs = Path(args.runs)
     kept = Path(args.copy_metrics) if args.copy_metrics else None
 
-    def metrics_of(run: str | None) -> Path | None:
-        # A run folder may be gone (a machine handed back empty); its kept copy still has the numbers.
-        for path in (runs / str(run) / "metrics.jsonl", kept / f"{run}.jsonl" if kept else None):
-            if run and path is not None and path.exists():
-                return path
-        return None
-
     yard = load_many(args.yardstick, "students")
     quick, chance, _ = quick_scores(args.quick)
     table = []
     for row in yaml.safe_load(Path(args.rows).read_text()):
-        s1 = stage_summary(metrics_of(row["stage1"])).get(1)
+        s1 = stage_summary(metrics_path(runs, kept, row["stage1"])).get(1)
         final = row.get("stage2") or row["stage1"]
-        s2 = stage_summary(metrics_of(row.get("stage2"))).get(2) if row.get("stage2") else None
+        s2 = stage_summary(metrics_path(runs, kept, row.get("stage2"))).get(2) if row.get("stage2") else None
         known = s1 is not None and (s2 is not None or not row.get("stage2"))
         entry = {"row": row["row"], "stage1": row["stage1"], "stage2": row.get("stage2"),
                  "stage1_tokens": s1["tokens"] if s1 else None,
