@@ -176,7 +176,7 @@ def test_items_score_the_asked_documents(env, monkeypatch):
 
 def test_shards_join_to_what_one_pass_reports(env, capsys, tmp_path):
     """Shards scored with --items, joined by --reuse, give one pass's acc/acc_norm and stderrs;
-    a perplexity (not a mean of per-item values) is not joined but scored again."""
+    a perplexity (not a mean of per-item values) is left out of the join, and said to be."""
     common = ["eval", env["student"], "--teacher", env["teacher"], "--tasks", "piqa,lambada_openai",
               "--eval-data", str(env["data"])]
     whole = tmp_path / "whole.json"
@@ -190,10 +190,15 @@ def test_shards_join_to_what_one_pass_reports(env, capsys, tmp_path):
     assert main([*common, *shards, "--json", str(joined)]) == 0
     out = capsys.readouterr()
     assert "student piqa: reused, joined from 2 shards (0:1, 1:3)" in out.err
-    assert "student lambada_openai: not reused: cannot join lambada_openai shards: perplexity" in out.err
-    assert "student lambada_openai: 2 items" in out.err  # scored again, in one pass
+    assert ("student lambada_openai: reused, joined from 2 shards (0:1, 1:2); left out perplexity: "
+            "not a mean of per-item values") in out.err
+    assert "lambada_openai: 2 items" not in out.err  # nothing scored again
     assert "piqa 3/3 (joined from 2 shards)" in out.out
     a, b = json.loads(whole.read_text()), json.loads(joined.read_text())
+    for model in ("student", "teacher"):
+        one, parts = a["models"][model]["tasks"]["lambada_openai"], b["models"][model]["tasks"]["lambada_openai"]
+        assert set(parts["metrics"]) == {"acc"} and "perplexity" in one["metrics"]
+        assert parts["metrics"]["acc"]["value"] == pytest.approx(one["metrics"]["acc"]["value"], abs=1e-12)
     for model in ("student", "teacher"):
         one, parts = a["models"][model]["tasks"]["piqa"], b["models"][model]["tasks"]["piqa"]
         assert parts["n"] == one["n"] == 3 and parts["items"] == [0, 3]
@@ -500,3 +505,14 @@ def test_shared_context_path_equals_full_sequences(env, which):
     assert calls == [3]  # the three choices of the one shared context; the fourth stands alone
     assert [s[0] for s in shared] == pytest.approx([f[0] for f in full], abs=1e-4)
     assert [s[1] for s in shared] == [f[1] for f in full]
+
+
+def test_a_task_with_no_mean_metric_is_not_joined():
+    from types import SimpleNamespace
+
+    task = SimpleNamespace(aggregation=lambda: {"word_perplexity": lambda items: 0.0})  # not lm-eval's mean
+    shards = [_result("wikitext", None, word_perplexity=(30.0, None)) for _ in range(2)]
+    for s, items in zip(shards, [(0, 100), (100, 200)]):
+        s.items = items
+    with pytest.raises(eval_shards.RadladsError, match="none of word_perplexity is a mean of per-item values"):
+        eval_shards.join_shards("wikitext", task, shards)

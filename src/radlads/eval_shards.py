@@ -8,7 +8,8 @@ Joining works from the shards' summaries (n, mean, standard error), so it is exa
 metrics that lm-eval aggregates as a plain mean with its closed-form standard error (accuracies,
 acc_norm): the pooled mean and pooled sample variance follow from those three numbers. Other
 aggregations (perplexity = exp of a mean, word perplexity = a ratio of sums) cannot be rebuilt
-from summaries, so their shards are not joined and the task runs again.
+from summaries: a join leaves them out and says so (lambada_openai keeps its accuracy, loses its
+perplexity), and a task with no mean metric at all (wikitext) is not joined but runs again.
 """
 
 from __future__ import annotations
@@ -146,9 +147,11 @@ def join_shards(name: str, task, shards: list[TaskResult]) -> TaskResult:
         subtasks.update(leaves)
     else:
         aggregation = task.aggregation()
-        for label in first.metrics:
-            if aggregation.get(label.split(" (")[0]) is not mean:
-                raise RadladsError(f"cannot join {name} shards: {label} is not a mean of per-item values")
+        joinable = [label for label in first.metrics if aggregation.get(label.split(" (")[0]) is mean]
+        if not joinable:
+            raise RadladsError(f"cannot join {name} shards: none of {', '.join(first.metrics)} "
+                               "is a mean of per-item values")
+        for label in joinable:
             value, err = pool_mean([(s.n, s.metrics[label]["value"], s.metrics[label]["stderr"]) for s in shards])
             metrics[label] = {"value": value, "stderr": err}
     n = sum(s.n for s in shards)
@@ -205,5 +208,8 @@ def reuse_result(label: str, name: str, task, want: ItemRange,
         print(f"{label} {name}: not reused: {e}", file=sys.stderr)
         return None
     spans = ", ".join(f"{a}:{b}" for a, b in (s.items for s in chosen))
-    print(f"{label} {name}: reused, joined from {len(chosen)} shards ({spans})", file=sys.stderr)
+    left_out = [m for m in chosen[0].metrics if m not in joined.metrics]
+    note = (f"; left out {', '.join(left_out)}: not a mean of per-item values (score the task in one pass "
+            "for it)") if left_out else ""
+    print(f"{label} {name}: reused, joined from {len(chosen)} shards ({spans}){note}", file=sys.stderr)
     return joined
