@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from radlads.model import modeling_radlads
 from radlads.model.modeling_radlads import RadladsCache, RWKV7TimeMix
 from radlads.objectives import time_mix_forward
 from helpers import tiny_teacher
@@ -65,8 +66,9 @@ def test_hybrid_cache_grows_only_for_attention_layers():
     assert small.layers[1]["state"].shape == (1, 4, 16, 16)
 
 
-def test_left_padding_does_not_change_the_answer():
-    student = build_student(tiny_teacher("llama"), "rwkv7")
+@pytest.mark.parametrize("attn", [[], [1]])
+def test_left_padding_does_not_change_the_answer(attn):
+    student = build_student(tiny_teacher("llama"), "rwkv7", attention_layers=attn)
     ids = torch.randint(3, 320, (1, 12))
     padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 12, dtype=torch.long)], dim=1)
@@ -120,11 +122,55 @@ def test_time_mix_forward_matches_layer_outputs_on_same_inputs():
     torch.testing.assert_close(outs[1], out1)
 
 
+def test_hybrid_decode_across_kv_buffer_growth_equals_full_forward(monkeypatch):
+    monkeypatch.setattr(modeling_radlads, "KV_CACHE_MIN_ROOM", 2)  # grow every few steps
+    torch.manual_seed(0)
+    student = build_student(tiny_teacher("qwen2"), "rwkv7", attention_layers=[1])
+    ids = torch.randint(0, 320, (2, 30))
+    with torch.no_grad():
+        full = student(ids, use_cache=False).logits
+        out = student(ids[:, :5], use_cache=True)
+        capacities, logits = [out.cache.layers[1]["k"].shape[2]], [out.logits]
+        for t in range(5, 30):
+            out = student(ids[:, t : t + 1], cache=out.cache, use_cache=True)
+            capacities.append(out.cache.layers[1]["k"].shape[2])
+            logits.append(out.logits)
+    torch.testing.assert_close(torch.cat(logits, dim=1), full, rtol=1e-4, atol=1e-4)
+    assert out.cache.layers[1]["length"] == 30
+    assert len(set(capacities)) > 3  # the buffers did grow, several times
+
+
+def test_hybrid_decode_step_writes_into_the_kv_buffer_in_place():
+    student = build_student(tiny_teacher("qwen2"), "rwkv7", attention_layers=[1])
+    with torch.no_grad():
+        cache = student(torch.randint(0, 320, (1, 8)), use_cache=True).cache
+        before = cache.layers[1]["k"].data_ptr(), cache.layers[1]["v"].data_ptr()
+        cache = student(torch.randint(0, 320, (1, 1)), cache=cache, use_cache=True).cache
+    assert (cache.layers[1]["k"].data_ptr(), cache.layers[1]["v"].data_ptr()) == before  # no copy of the past
+    assert cache.layers[1]["length"] == 9
+
+
+def test_reading_a_cache_without_use_cache_leaves_it_unchanged():
+    student = build_student(tiny_teacher("qwen2"), "rwkv7", attention_layers=[1])
+    ids = torch.randint(0, 320, (1, 9))
+    with torch.no_grad():
+        cache = student(ids[:, :8], use_cache=True).cache
+        k_before = cache.layers[1]["k"][:, :, :8].clone()
+        peek = student(ids[:, 8:], cache=cache, use_cache=False).logits
+        stepped = student(ids[:, 8:], cache=cache, use_cache=True).logits
+    assert cache.layers[1]["length"] == 9
+    torch.testing.assert_close(cache.layers[1]["k"][:, :, :8], k_before)
+    torch.testing.assert_close(peek, stepped)
+
+
 def test_cache_reorder_for_beam_search():
     cache = RadladsCache(1)
     cache.layers[0] = {"state": torch.arange(3.0).view(3, 1)}
     cache.reorder_cache(torch.tensor([2, 0, 0]))
     assert cache.layers[0]["state"].flatten().tolist() == [2.0, 0.0, 0.0]
+    cache.layers[0] = {"k": torch.arange(3.0).view(3, 1, 1, 1), "v": torch.zeros(3, 1, 1, 1), "length": 1}
+    cache.reorder_cache(torch.tensor([1, 1, 0]))  # a KV entry's int length is left alone
+    assert cache.layers[0]["k"].flatten().tolist() == [1.0, 1.0, 0.0] and cache.layers[0]["length"] == 1
 
 
 def test_every_config_parameter_is_documented():

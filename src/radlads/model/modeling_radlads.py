@@ -32,6 +32,8 @@ from .ops import chunk_gla, chunk_rwkv7, recurrent_gla, recurrent_rwkv7
 DECAY_SCALE = 0.606531
 # RAD-RWKV6 clamps the log-decay so a single step never forgets more than e^-5.
 RWKV6_MIN_LOG_DECAY = -5.0
+# A hybrid's KV buffers grow by at least this many positions at a time (see append_kv).
+KV_CACHE_MIN_ROOM = 128
 
 
 # --------------------------------------------------------------------------------------------
@@ -42,8 +44,9 @@ RWKV6_MIN_LOG_DECAY = -5.0
 class RadladsCache:
     """Per-layer decoding state. Time-mix layers hold a constant-size state; softmax layers a KV cache.
 
-    Layer entries are dicts of tensors: rwkv7 {"state"}, rwkv6 {"state", "shift"},
-    attention {"k", "v"}. `seen_tokens` counts the tokens already folded in.
+    Layer entries are dicts: rwkv7 {"state"}, rwkv6 {"state", "shift"}, attention {"k", "v",
+    "length"}, where k/v are buffers with room to grow and the int "length" counts their filled
+    positions. `seen_tokens` counts the tokens already folded in.
     """
 
     is_compileable = False
@@ -61,13 +64,16 @@ class RadladsCache:
         return [True] * len(self.layers)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.layers if layer for t in layer.values())
+        """Bytes held, a KV buffer's unfilled room included: that memory is allocated."""
+        return sum(t.numel() * t.element_size() for layer in self.layers if layer
+                   for t in layer.values() if isinstance(t, torch.Tensor))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         for layer in self.layers:
             if layer:
                 for key, t in layer.items():
-                    layer[key] = t.index_select(0, beam_idx.to(t.device))
+                    if isinstance(t, torch.Tensor):
+                        layer[key] = t.index_select(0, beam_idx.to(t.device))
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -335,6 +341,30 @@ class RWKV6TimeMix(_Projections):
         return out, v_first, new_state
 
 
+def append_kv(layer_state: dict | None, k: torch.Tensor, v: torch.Tensor) -> dict:
+    """Write k/v [B, kv_heads, T, D] after the cached positions, growing the buffers only now and then.
+
+    Decoding one token must not copy the whole cache (a torch.cat per step is O(context)); the
+    buffers grow by an eighth (at least KV_CACHE_MIN_ROOM positions), so a copy happens once every
+    context/8 steps and at most an eighth of the memory is unused room.
+    """
+    past = layer_state["length"] if layer_state else 0
+    need = past + k.shape[2]
+    if layer_state is None or layer_state["k"].shape[2] < need:
+        capacity = need + max(KV_CACHE_MIN_ROOM, need // 8)
+        grown = {}
+        for name, new in (("k", k), ("v", v)):
+            buf = new.new_empty(new.shape[0], new.shape[1], capacity, new.shape[3])
+            if past:
+                buf[:, :, :past] = layer_state[name][:, :, :past]
+            grown[name] = buf
+        layer_state = grown
+    layer_state["k"][:, :, past:need] = k
+    layer_state["v"][:, :, past:need] = v
+    layer_state["length"] = need
+    return layer_state
+
+
 class SoftmaxAttention(_Projections):
     """The teacher's own causal softmax attention (GQA, RoPE), kept in hybrid students."""
 
@@ -349,21 +379,30 @@ class SoftmaxAttention(_Projections):
         cos, sin = rope_cos_sin(position_ids, self.head_dim, self.rope_theta, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, T, D]
-        if layer_state:
-            k = torch.cat([layer_state["k"], k], dim=2)
-            v = torch.cat([layer_state["v"], v], dim=2)
+        if use_cache:
+            layer_state = append_kv(layer_state, k, v)
+            S = layer_state["length"]
+            k, v = layer_state["k"][:, :, :S], layer_state["v"][:, :, :S]
+        elif layer_state:  # read the past without writing to it, as the time-mix layers do
+            S = layer_state["length"]
+            k = torch.cat([layer_state["k"][:, :, :S], k], dim=2)
+            v = torch.cat([layer_state["v"][:, :, :S], v], dim=2)
         S = k.shape[2]
-        # Query i sits at absolute position S - T + i and may see keys 0..S - T + i.
-        allowed = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-        mask = allowed[None, None]
-        if attention_mask is not None:
-            mask = mask & attention_mask[:, None, None, -S:].bool()
-        groups = self.num_heads // self.num_kv_heads
-        y = F.scaled_dot_product_attention(
-            q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask
-        )
+        # Without padding, no mask tensor: SDPA then takes its fused kernels (an explicit mask sends
+        # it down the slow math path). One query sees every cached key; a fresh prompt is causal.
+        mask, causal = None, False
+        if attention_mask is not None or (T > 1 and S > T):
+            # Query i sits at absolute position S - T + i and may see keys 0..S - T + i.
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)[None, None]
+            if attention_mask is not None:
+                mask = mask & attention_mask[:, None, None, -S:].bool()
+        elif T > 1:
+            causal = True
+        # enable_gqa reads each KV head once for its group of query heads, instead of copying the
+        # whole cache `groups` times with repeat_interleave at every step.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
         out = self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
-        return out, v_first, ({"k": k, "v": v} if use_cache else None)
+        return out, v_first, (layer_state if use_cache else None)
 
 
 TIME_MIX_CLASSES = {"rwkv7": RWKV7TimeMix, "rwkv6": RWKV6TimeMix, "attention": SoftmaxAttention}
