@@ -365,6 +365,12 @@ def append_kv(layer_state: dict | None, k: torch.Tensor, v: torch.Tensor) -> dic
     return layer_state
 
 
+def filled_kv(layer_state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of the cached k/v positions, without the buffers' unfilled room."""
+    n = layer_state["length"]
+    return layer_state["k"][:, :, :n], layer_state["v"][:, :, :n]
+
+
 class SoftmaxAttention(_Projections):
     """The teacher's own causal softmax attention (GQA, RoPE), kept in hybrid students."""
 
@@ -380,13 +386,10 @@ class SoftmaxAttention(_Projections):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, T, D]
         if use_cache:
-            layer_state = append_kv(layer_state, k, v)
-            S = layer_state["length"]
-            k, v = layer_state["k"][:, :, :S], layer_state["v"][:, :, :S]
+            k, v = filled_kv(layer_state := append_kv(layer_state, k, v))
         elif layer_state:  # read the past without writing to it, as the time-mix layers do
-            S = layer_state["length"]
-            k = torch.cat([layer_state["k"][:, :, :S], k], dim=2)
-            v = torch.cat([layer_state["v"][:, :, :S], v], dim=2)
+            past_k, past_v = filled_kv(layer_state)
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         S = k.shape[2]
         # Without padding, no mask tensor: SDPA then takes its fused kernels (an explicit mask sends
         # it down the slow math path). One query sees every cached key; a fresh prompt is causal.
