@@ -4,7 +4,8 @@ one-line errors (exit 2 from the CLI) naming the bad key."""
 import pytest
 
 from radlads.cli import main
-from radlads.config import PRESET_DIR, cpu_demo_tokens, load_config, preset, preset_names, save_config, to_dict
+from radlads.config import (CPU_DEMO_MINUTES, PRESET_DIR, cpu_demo_tokens, load_config, preset, preset_names,
+                            save_config, to_dict)
 from radlads.errors import RadladsError
 
 
@@ -48,6 +49,7 @@ def test_cpu_demo_budgets_follow_the_measured_speeds():
     for n in (1, 2, 3):
         s = spelled[f"stage{n}"]
         assert s["tokens"] == cpu_demo_tokens(n, s["seq_len"], s["batch_size"]), n
+        assert s["minutes"] == CPU_DEMO_MINUTES[n], n  # a slower machine stops on time, with fewer tokens
 
 
 def test_cpu_demo_budget_is_about_an_hour_at_measured_speed():
@@ -67,6 +69,7 @@ def test_cpu_demo_budget_is_about_an_hour_at_measured_speed():
     (["stage2.freeze_mlp=maybe"], "config key stage2.freeze_mlp: expected bool"),
     (["stage1=3"], "config key stage1: expected a section"),
     (["stage2.temperature=0"], "stage2.temperature must be > 0"),
+    (["stage1.minutes=-5"], "stage1.minutes must be >= 0"),
     (["stage1.lr=2"], r"stage1.lr must be in \(0, 1\]"),
     (["stage3.ce_weight=0", "stage3.kl_weight=0"], "stage3: ce_weight and kl_weight must be >= 0 and not both 0"),
     (["stages=[2, 1]"], "stages must be an increasing list"),
@@ -124,10 +127,11 @@ def test_cli_flags_reach_the_config(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr("radlads.convert.convert", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or True)
     assert main(["convert", "--teacher", "t", "--out", str(tmp_path), "--preset", "cpu-demo", "--stage1-tokens", "2e6",
-                 "--stage2-seq-len", "256", "--arch", "rwkv6", "--attention-layers", "1,3", "--stages", "1,2,3",
-                 "--dtype", "fp32", "--resume", "--fsdp"]) == 0
+                 "--stage1-minutes", "7.5", "--stage2-seq-len", "256", "--arch", "rwkv6", "--attention-layers", "1,3",
+                 "--stages", "1,2,3", "--dtype", "fp32", "--resume", "--fsdp"]) == 0
     cfg = seen["cfg"]
-    assert cfg.stage1.tokens == 2_000_000 and cfg.stage2.seq_len == 256 and cfg.stages == [1, 2, 3]
+    assert cfg.stage1.tokens == 2_000_000 and cfg.stage1.minutes == 7.5
+    assert cfg.stage2.seq_len == 256 and cfg.stages == [1, 2, 3]
     assert cfg.student.arch == "rwkv6" and cfg.student.attention_layers == [1, 3]
     assert cfg.dtype == "fp32" and cfg.fsdp and seen["resume"]
     assert cfg.stage2.tokens == preset("cpu-demo")["stage2"]["tokens"]  # untouched keys keep the preset

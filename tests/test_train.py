@@ -214,3 +214,73 @@ def test_lr_schedule_warms_up_then_decays_to_final():
     assert lrs[-1] == pytest.approx(1e-5)
     assert lr_at(50, 100, cfg.stage2) == cfg.stage2.lr  # stage 2 is flat
     assert math.isclose(lrs[9 + 45], 1e-5 + 0.5 * (1e-3 - 1e-5), rel_tol=0.05)
+
+
+class FakeClock:
+    """Stands in for the `time` module in radlads.train: time moves only when a batch is read."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class TickingStream:
+    """A training stream whose every batch costs `seconds` of the fake clock."""
+
+    def __init__(self, stream, clock, seconds):
+        self.stream, self.clock, self.seconds = stream, clock, seconds
+
+    def __next__(self):
+        self.clock.now += self.seconds
+        return next(self.stream)
+
+    def state_dict(self):
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state):
+        self.stream.load_state_dict(state)
+
+
+def test_steps_within_a_time_budget():
+    from radlads.train import steps_within
+
+    assert steps_within(1.0, spent_s=30, step_s=10, step=3, cap=100) == 6
+    assert steps_within(1.0, spent_s=30, step_s=10, step=3, cap=5) == 5  # the token budget caps it
+    assert steps_within(1.0, spent_s=90, step_s=10, step=3, cap=100) == 4  # late already: one more step
+
+
+def test_a_time_budget_fixes_the_step_count_and_resume_keeps_it(tmp_path, monkeypatch):
+    import radlads.train as train_mod
+    from radlads.checkpoint import latest_checkpoint
+
+    clock = FakeClock()
+    monkeypatch.setattr(train_mod, "time", clock)
+    # 1 minute at 10 s per step: 3 calibration steps (30 s) leave room for 3 more, far below the 40-step cap.
+    cfg = config(tmp_path, stage2={"tokens": 40 * 4 * 32, "minutes": 1.0, "warmup_steps": 3, "schedule": "cosine"})
+    teacher, run = tiny_teacher("llama"), tmp_path / "run"
+
+    def ticking(seconds):
+        def factory(s, seed):
+            stream, valid = train_mod.make_data(cfg, s, seed, tiny_tokenizer())
+            return TickingStream(stream, clock, seconds), valid
+        return factory
+
+    student = build_student(teacher, "rwkv7")
+    assert not train_stage(2, cfg, teacher, student, tiny_tokenizer(), run, stop_after_steps=2,
+                           data_factory=ticking(10))
+    state = json.loads((latest_checkpoint(run / "checkpoints" / "stage2") / "state.json").read_text())
+    assert (state["budgeted"], state["seconds"]) == (False, 20)  # stopped before the count was fixed
+    # The resumed process calibrates on its own step and counts the first run's 20 s as spent.
+    assert not train_stage(2, cfg, teacher, student, tiny_tokenizer(), run, resume=True, stop_after_steps=2,
+                           data_factory=ticking(10))
+    state = json.loads((latest_checkpoint(run / "checkpoints" / "stage2") / "state.json").read_text())
+    assert (state["step"], state["total_steps"], state["budgeted"]) == (4, 6, True)
+    # Once fixed, the count survives a resume on a machine ten times slower.
+    assert train_stage(2, cfg, teacher, student, tiny_tokenizer(), run, resume=True, data_factory=ticking(100))
+    rows = metrics(run, 2)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    s = cfg.stage(2)
+    assert [r["lr"] for r in rows] == pytest.approx([lr_at(i, 6, s) for i in range(6)])  # one schedule, 6 steps
+    assert rows[-1]["lr"] == pytest.approx(s.lr_final)

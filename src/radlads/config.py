@@ -45,6 +45,9 @@ class DataConfig:
 @dataclass
 class StageConfig:
     tokens: int = 1_000_000  # token budget; steps = ceil(tokens / (batch_size * seq_len))
+    # Wall-time budget in minutes (0 = none). The step count is fixed from the speed of the first
+    # max(3, warmup_steps) steps so the stage ends about this long after it began; `tokens` caps it.
+    minutes: float = 0.0
     seq_len: int = 512
     batch_size: int = 8  # global sequences per optimizer step, split over ranks
     grad_accum: int = 1  # micro-batches per rank per step
@@ -225,6 +228,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     for n in (1, 2, 3):
         s, name = cfg.stage(n), f"stage{n}"
         need(s.tokens >= 1, f"{name}.tokens must be >= 1, got {s.tokens}")
+        need(s.minutes >= 0, f"{name}.minutes must be >= 0, got {s.minutes}")
         need(s.seq_len >= 2, f"{name}.seq_len must be >= 2, got {s.seq_len}")
         need(s.batch_size >= 1, f"{name}.batch_size must be >= 1, got {s.batch_size}")
         need(s.grad_accum >= 1, f"{name}.grad_accum must be >= 1, got {s.grad_accum}")

@@ -129,7 +129,7 @@ def convert(cfg: RunConfig, resume: bool = False, stop_after_steps: int | None =
     from radlads.export import save_model, save_model_into
     from radlads.loading import load_student
     from radlads.teachers import load_teacher
-    from radlads.train import total_steps, train_stage
+    from radlads.train import train_stage
 
     setup_runtime(cfg)
     run = RunFolder(cfg.out)
@@ -168,8 +168,8 @@ def convert(cfg: RunConfig, resume: bool = False, stop_after_steps: int | None =
                       file=sys.stderr)
             dist.cleanup()
             return False
-        if steps_left is not None:
-            steps_left -= total_steps(cfg.stage(stage)) - start_step
+        if steps_left is not None:  # the stage's own count: a time budget may end it before its tokens
+            steps_left -= run.checkpoint_step(stage) - start_step
         final = run.stage_final(stage)
         full = dist.unsharded(student)
         if dist.rank() == 0:

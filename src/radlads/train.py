@@ -4,6 +4,8 @@
                  -> objective loss, backward -> clip -> stop on a NaN/inf -> AdamW step
                  -> log to metrics.jsonl, validate every eval_every, checkpoint every save_every
 
+A stage with a time budget (`minutes`) fixes its step count once its first steps are timed.
+
 What a stage optimises and which parameters it trains is its objective (radlads.objectives); where
 its checkpoints and metrics go is the run folder (radlads.run_folder); a checkpoint's content is
 radlads.checkpoint. The global batch is the same on every rank and each takes `batch[rank::world]`
@@ -32,7 +34,24 @@ from radlads.run_folder import RunFolder
 
 
 def total_steps(s: StageConfig) -> int:
+    """The stage's step count from its token budget (with `minutes`, the most it may run)."""
     return math.ceil(s.tokens / (s.batch_size * s.seq_len))
+
+
+def calibration_steps(s: StageConfig) -> int:
+    """With a time budget, the step after which the step count is fixed from the measured speed.
+
+    The warm-up's lr does not depend on the step count, so fixing the count by the end of the
+    warm-up (of at least 3 steps) leaves the schedule what a token budget of as many steps gives.
+    """
+    return max(3, s.warmup_steps)
+
+
+def steps_within(minutes: float, spent_s: float, step_s: float, step: int, cap: int) -> int:
+    """The step count that ends a stage `minutes` after it began, `step` steps and `spent_s`
+    seconds in, at `step_s` seconds per further step: at least one more step, at most `cap`."""
+    more = int(max(0.0, minutes * 60 - spent_s) // step_s)
+    return max(step + 1, min(cap, step + more))
 
 
 def lr_at(step: int, total: int, s: StageConfig) -> float:
@@ -129,11 +148,14 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
         seed = cfg.seed * 1000 + stage  # each stage sees its own data order
         stream, valid = (data_factory or (lambda s_, seed_: make_data(cfg, s_, seed_, tokenizer)))(s, seed)
         torch.manual_seed(seed)
-        step = 0
+        step, spent_before = 0, 0.0  # spent_before: training seconds of earlier invocations
+        calibrate_at = calibration_steps(s) if s.minutes else None
         checkpoint = run.latest_checkpoint(stage) if resume else None
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, student, optimizer)
-            step = state["step"]
+            step, spent_before = state["step"], state.get("seconds", 0.0)
+            if s.minutes and state.get("budgeted"):  # the step count was fixed before the run stopped
+                n_steps, calibrate_at = state["total_steps"], None
             stream.load_state_dict(state["data"])
             if rank == 0:
                 run.drop_metrics_after(stage, step)
@@ -144,11 +166,13 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
         def checkpoint_now(at_step: int) -> None:
             save_checkpoint(run.checkpoints(stage), at_step, student, optimizer,
                             {"stage": stage, "tokens": at_step * step_tokens, "total_steps": n_steps,
+                             "budgeted": bool(s.minutes) and calibrate_at is None,
+                             "seconds": round(spent_before + time.perf_counter() - t_start, 3),
                              "data": stream.state_dict()}, keep=cfg.keep_checkpoints)
 
         bar = tqdm(total=n_steps, initial=step, desc=f"stage {stage}", unit="step", disable=rank != 0,
                    dynamic_ncols=True, file=sys.stderr)
-        steps_this_run, t_start = 0, time.perf_counter()
+        steps_this_run, t_start, step_times = 0, time.perf_counter(), []
         while step < n_steps:
             t0 = time.perf_counter()
             lr = lr_at(step, n_steps, s)
@@ -176,7 +200,20 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
             steps_this_run += 1
 
             # Log, validate, checkpoint.
-            tok_s = step_tokens / (time.perf_counter() - t0)
+            step_times.append(time.perf_counter() - t0)
+            tok_s = step_tokens / step_times[-1]
+            if calibrate_at is not None and (step >= calibrate_at or step >= n_steps):
+                # The first step of a process pays one-off costs (allocation, kernel choice): left out.
+                measured = step_times[1:] or step_times
+                step_s = sum(measured) / len(measured)
+                cap = n_steps
+                total = steps_within(s.minutes, spent_before + time.perf_counter() - t_start, step_s, step, cap)
+                n_steps, calibrate_at = int(round(dist.mean(float(total)))), None  # one count on every rank
+                bar.total = n_steps
+                if rank == 0:
+                    why = "its token budget" if n_steps == cap else f"{s.minutes:g} min"
+                    tqdm.write(f"radlads: stage {stage} runs {n_steps} steps ({n_steps * step_tokens:,} tokens, "
+                               f"{why}) at {step_tokens / step_s:.0f} tok/s", file=sys.stderr)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             record = {"stage": stage, "step": step, "tokens": step * step_tokens, "loss": loss_value, "lr": lr,

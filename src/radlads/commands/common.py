@@ -65,6 +65,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads per process")
     for n in (1, 2, 3):
         p.add_argument(f"--stage{n}-tokens", type=float, metavar="N", help=f"stage {n} token budget (e.g. 2e6)")
+        p.add_argument(f"--stage{n}-minutes", type=float, metavar="M",
+                       help=f"stage {n} wall-time budget: the step count is fixed from the first steps' speed")
         p.add_argument(f"--stage{n}-seq-len", type=int, metavar="N")
         p.add_argument(f"--stage{n}-batch-size", type=int, metavar="N", help="global sequences per step")
         p.add_argument(f"--stage{n}-lr", type=float, metavar="LR")
@@ -97,6 +99,7 @@ def overrides_from_args(args) -> dict:
     for n in (1, 2, 3):
         tokens = getattr(args, f"stage{n}_tokens", None)
         put(f"stage{n}.tokens", int(tokens) if tokens is not None else None)
+        put(f"stage{n}.minutes", getattr(args, f"stage{n}_minutes", None))
         put(f"stage{n}.seq_len", getattr(args, f"stage{n}_seq_len", None))
         put(f"stage{n}.batch_size", getattr(args, f"stage{n}_batch_size", None))
         put(f"stage{n}.lr", getattr(args, f"stage{n}_lr", None))
