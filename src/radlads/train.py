@@ -51,7 +51,7 @@ def steps_within(minutes: float, spent_s: float, step_s: float, step: int, cap: 
     """The step count that ends a stage `minutes` after it began, `step` steps and `spent_s`
     seconds in, at `step_s` seconds per further step: at least one more step, at most `cap`."""
     more = int(max(0.0, minutes * 60 - spent_s) // step_s)
-    return max(step + 1, min(cap, step + more))
+    return min(cap, step + max(1, more))
 
 
 def lr_at(step: int, total: int, s: StageConfig) -> float:
@@ -200,13 +200,14 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
             steps_this_run += 1
 
             # Log, validate, checkpoint.
-            step_times.append(time.perf_counter() - t0)
-            tok_s = step_tokens / step_times[-1]
-            if calibrate_at is not None and (step >= calibrate_at or step >= n_steps):
+            step_s = time.perf_counter() - t0
+            tok_s = step_tokens / step_s
+            if calibrate_at is not None:
+                step_times.append(step_s)
+            if calibrate_at is not None and step >= calibrate_at:
                 # The first step of a process pays one-off costs (allocation, kernel choice): left out.
                 measured = step_times[1:] or step_times
-                step_s = sum(measured) / len(measured)
-                cap = n_steps
+                step_s, cap = sum(measured) / len(measured), n_steps
                 total = steps_within(s.minutes, spent_before + time.perf_counter() - t_start, step_s, step, cap)
                 n_steps, calibrate_at = int(round(dist.mean(float(total)))), None  # one count on every rank
                 bar.total = n_steps
