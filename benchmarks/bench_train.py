@@ -1,7 +1,7 @@
 """Training throughput of stages 1 and 2 next to the teacher's own forward, on this machine.
 
     .venv/bin/python benchmarks/bench_train.py [--teacher smollm2-135m] [--dtypes fp32,bf16]
-        [--seq-len 512] [--batch-size 1] [--steps 4] [--threads 2] [--json results/train.json]
+        [--seq-len 512] [--batch-size 1] [--steps 4] [--threads 2] [--compile] [--json results/train.json]
 
 For each dtype (bf16 = torch.autocast, as `--dtype bf16` in training) it measures, in one
 process: the teacher's forward (no grad, tokens/s), then a few real steps of `train_stage` for
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from radlads.compiled_kernels import compile_rwkv7_kernel
 from radlads.runtime import keep_freed_memory
 from radlads.config import load_config
 from radlads.teachers import load_teacher
@@ -90,9 +91,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="uncounted steps before measuring")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stage2-top-k", type=int, default=0, help="also time stage 2 with top-k KL")
+    p.add_argument("--compile", action="store_true", help="the compiled RWKV-7 kernel, as `compile: true` (compiles in the warm-up)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     keep_freed_memory()  # as the radlads CLI does
+    if args.compile:
+        compile_rwkv7_kernel()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -102,7 +106,7 @@ def main() -> None:
     results = []
     for dtype in args.dtypes.split(","):
         student = build_student(teacher, args.arch)
-        row = {"dtype": dtype, "seq_len": args.seq_len, "batch_size": args.batch_size}
+        row = {"dtype": dtype, "seq_len": args.seq_len, "batch_size": args.batch_size, "compile": args.compile}
         forward = [teacher_forward(teacher, vocab, args.batch_size, args.seq_len, dtype, args.steps, args.warmup)]
         runs = [(n, {}) for n in stages] + ([(2, {"top_k": args.stage2_top_k})] if args.stage2_top_k else [])
         for stage, extra in runs:

@@ -128,10 +128,10 @@ def test_cli_flags_reach_the_config(tmp_path, monkeypatch):
     monkeypatch.setattr("radlads.convert.convert", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or True)
     assert main(["convert", "--teacher", "t", "--out", str(tmp_path), "--preset", "cpu-demo", "--stage1-tokens", "2e6",
                  "--stage1-minutes", "7.5", "--stage2-seq-len", "256", "--arch", "rwkv6", "--attention-layers", "1,3",
-                 "--stages", "1,2,3", "--dtype", "fp32", "--resume", "--fsdp"]) == 0
+                 "--stages", "1,2,3", "--dtype", "fp32", "--resume", "--fsdp", "--compile"]) == 0
     cfg = seen["cfg"]
     assert cfg.stage1.tokens == 2_000_000 and cfg.stage1.minutes == 7.5
     assert cfg.stage2.seq_len == 256 and cfg.stages == [1, 2, 3]
     assert cfg.student.arch == "rwkv6" and cfg.student.attention_layers == [1, 3]
-    assert cfg.dtype == "fp32" and cfg.fsdp and seen["resume"]
+    assert cfg.dtype == "fp32" and cfg.fsdp and cfg.compile and seen["resume"]
     assert cfg.stage2.tokens == preset("cpu-demo")["stage2"]["tokens"]  # untouched keys keep the preset

@@ -88,6 +88,7 @@ class RunConfig:
     seed: int = 0
     dtype: str = "fp32"  # fp32 | bf16 (autocast on the teacher and student forward)
     threads: int = 0  # torch threads per process; 0 = torch's default
+    compile: bool = False  # torch.compile the CPU RWKV-7 kernel for training (eager, with a warning, if it fails)
     log_every: int = 1
     eval_every: int = 50
     save_every: int = 50

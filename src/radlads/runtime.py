@@ -1,4 +1,4 @@
-"""Process setup: torch threads and seed, torchrun, and how glibc hands memory back."""
+"""Process setup: torch threads and seed, torchrun, compiled kernels, and how glibc hands memory back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 
 
 def setup_runtime(cfg) -> None:
-    """Join torchrun's process group (if any), set torch's threads and the run's seed."""
+    """Join torchrun's process group (if any), set torch's threads and the run's seed, and swap in
+    the compiled RWKV-7 kernel when the run asks for it."""
     import torch
 
     from radlads import distributed as dist
@@ -17,6 +18,10 @@ def setup_runtime(cfg) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if cfg.compile:
+        from radlads.compiled_kernels import compile_rwkv7_kernel
+
+        compile_rwkv7_kernel()
 
 
 def keep_freed_memory() -> None:

@@ -63,6 +63,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--dtype", choices=DTYPE_CHOICES)
     p.add_argument("--threads", type=int, help="torch threads per process")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the CPU RWKV-7 kernel (needs a C++ compiler; falls back to eager)")
     for n in (1, 2, 3):
         p.add_argument(f"--stage{n}-tokens", type=float, metavar="N", help=f"stage {n} token budget (e.g. 2e6)")
         p.add_argument(f"--stage{n}-minutes", type=float, metavar="M",
@@ -94,7 +96,7 @@ def overrides_from_args(args) -> dict:
     put("data.spec", getattr(args, "data", None))
     put("data.valid_spec", getattr(args, "valid_data", None))
     put("data.text_field", getattr(args, "text_field", None))
-    for key in ("seed", "dtype", "threads", "eval_every", "save_every", "fsdp"):
+    for key in ("seed", "dtype", "threads", "compile", "eval_every", "save_every", "fsdp"):
         put(key, getattr(args, key, None))
     for n in (1, 2, 3):
         tokens = getattr(args, f"stage{n}_tokens", None)
