@@ -5,8 +5,9 @@
         [--copy-metrics results/study/metrics] [--json results/study/table.json]
 
 rows.yaml lists rows as {row, stage1: RUN, stage2: RUN or null, note}. A row's wall minutes are
-the sum of its stages' training time (metrics.jsonl `elapsed_s` at the stage's last step; stage 1
-shared by several rows is counted in each, as each row would have to run it); a run whose folder
+the sum of its stages' training time (metrics.jsonl `elapsed_s` at the stage's last step, added up
+over a resumed run's invocations, each to the step the next resumed from; stage 1 shared by
+several rows is counted in each, as each row would have to run it); a run whose folder
 and kept metrics copy are both gone shows "—". Held-out L2 is the
 yardstick's stage-1 loss of the stage-1 student; KL and CE are the yardstick's for the row's final
 student. `--copy-metrics` keeps every cited run's metrics.jsonl under results/.
@@ -28,11 +29,18 @@ def stage_summary(metrics: Path | None) -> dict:
     if metrics is None:
         return {}
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    out = {}
+    out, clocks = {}, {}
     for r in rows:
         s = out.setdefault(r["stage"], {"tokens": 0, "seconds": 0.0, "steps": 0})
         s["tokens"], s["steps"] = max(s["tokens"], r["tokens"]), max(s["steps"], r["step"])
-        s["seconds"] = max(s["seconds"], r["elapsed_s"])  # resumed runs restart the clock: see note
+        # A resumed run restarts its clock and repeats the steps after its checkpoint: an
+        # invocation counts up to the step the next one resumed from; repeated steps count once.
+        done, current = clocks.setdefault(r["stage"], [0.0, []])
+        if current and r["step"] <= current[-1][0]:
+            clocks[r["stage"]][0] = done = done + max([e for step, e in current if step < r["step"]], default=0.0)
+            current.clear()
+        current.append((r["step"], r["elapsed_s"]))
+        s["seconds"] = done + r["elapsed_s"]
         if "val_loss" in r:
             s["val_loss"] = r["val_loss"]
     return out

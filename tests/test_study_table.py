@@ -1,0 +1,22 @@
+"""benchmarks/study_table.py counts a resumed run's wall time once per step, not per invocation."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("study_table", Path(__file__).parents[1] / "benchmarks/study_table.py")
+study_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study_table)
+
+
+def test_resumed_stage_adds_each_invocation_up_to_the_step_the_next_resumed_from(tmp_path):
+    # First invocation: steps 1-4 at 10 s each, killed after step 4, last checkpoint at step 2.
+    # Second: resumes at step 3, its clock restarting, and ends at step 5; stage 2 runs once.
+    lines = [(1, s, 1000 * s, 10.0 * s) for s in (1, 2, 3, 4)] + [(1, s, 1000 * s, 12.0 * (s - 2)) for s in (3, 4, 5)]
+    lines += [(2, s, 500 * s, 7.0 * s) for s in (1, 2)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"stage": st, "step": s, "tokens": t, "elapsed_s": e}) + "\n"
+                            for st, s, t, e in lines))
+    summary = study_table.stage_summary(path)
+    assert summary[1] == {"tokens": 5000, "seconds": 20.0 + 36.0, "steps": 5}
+    assert summary[2] == {"tokens": 1000, "seconds": 14.0, "steps": 2}
