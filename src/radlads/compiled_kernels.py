@@ -5,7 +5,7 @@ keeps the plain PyTorch kernel, and nothing changes unless a run asks for `compi
 It is off by default because on this project's 2-core CPU it made stages 1 and 2 no faster
 (docs/recipe.md, "Training speed on this CPU").
 
-Only training uses it: a training run has one sequence length, so each pass compiles once
+Only training asks for it (`compile` is a run-config key): a training run has one sequence length, so each pass compiles once
 (~40 s on this project's CPU) and is reused for thousands of calls; evaluation and generation
 see a new length per item and would recompile for each.
 
@@ -29,9 +29,9 @@ from radlads.model import ops_rwkv7
 
 
 def signature(x):
-    """What dynamo specialises a call on here: tensor shapes and dtypes, and plain values."""
+    """What dynamo specialises a call on here: tensor shapes, strides and dtypes, and plain values."""
     if isinstance(x, torch.Tensor):
-        return (tuple(x.shape), x.dtype)
+        return (tuple(x.shape), x.stride(), x.dtype)
     if isinstance(x, (tuple, list)):
         return tuple(signature(y) for y in x)
     return x
@@ -74,7 +74,7 @@ def compile_rwkv7_kernel() -> None:
 
 
 def eager_rwkv7_kernel() -> None:
-    """Undo `compile_rwkv7_kernel` (tests, and processes that train and then evaluate)."""
+    """Undo `compile_rwkv7_kernel` (for tests)."""
     for name in ("_rwkv7_forward", "_rwkv7_backward"):
         fn = getattr(ops_rwkv7, name)
         if isinstance(fn, CompiledOrEager):
