@@ -33,10 +33,11 @@ def stage_summary(metrics: Path | None) -> dict:
     for r in rows:
         s = out.setdefault(r["stage"], {"tokens": 0, "seconds": 0.0, "steps": 0})
         s["tokens"], s["steps"] = max(s["tokens"], r["tokens"]), max(s["steps"], r["step"])
-        # A resumed run restarts its clock and repeats the steps after its checkpoint: an
-        # invocation counts up to the step the next one resumed from; repeated steps count once.
+        # A resumed run restarts its clock (and `--resume` drops the rows after its checkpoint;
+        # an older metrics file may still repeat them): an invocation counts up to the step the
+        # next one resumed from, so a repeated step counts once.
         done, current = clocks.setdefault(r["stage"], [0.0, []])
-        if current and r["step"] <= current[-1][0]:
+        if current and (r["step"] <= current[-1][0] or r["elapsed_s"] < current[-1][1]):
             clocks[r["stage"]][0] = done = done + max([e for step, e in current if step < r["step"]], default=0.0)
             current.clear()
         current.append((r["step"], r["elapsed_s"]))

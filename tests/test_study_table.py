@@ -20,3 +20,13 @@ def test_resumed_stage_adds_each_invocation_up_to_the_step_the_next_resumed_from
     summary = study_table.stage_summary(path)
     assert summary[1] == {"tokens": 5000, "seconds": 20.0 + 36.0, "steps": 5}
     assert summary[2] == {"tokens": 1000, "seconds": 14.0, "steps": 2}
+
+
+def test_resumed_stage_whose_rows_after_the_checkpoint_were_dropped(tmp_path):
+    # `--resume` drops the killed invocation's rows after its checkpoint (step 2): only the clock
+    # restarting shows where the second invocation begins.
+    lines = [(1, s, 1000 * s, 10.0 * s) for s in (1, 2)] + [(1, s, 1000 * s, 12.0 * (s - 2)) for s in (3, 4, 5)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"stage": st, "step": s, "tokens": t, "elapsed_s": e}) + "\n"
+                            for st, s, t, e in lines))
+    assert study_table.stage_summary(path)[1]["seconds"] == 20.0 + 36.0
