@@ -5,17 +5,17 @@ keeps the plain PyTorch kernel, and nothing changes unless a run asks for `compi
 It is off by default because on this project's 2-core CPU it made stages 1 and 2 no faster
 (docs/recipe.md, "Training speed on this CPU").
 
-Only training asks for it (`compile` is a run-config key): a training run has one sequence length, so each pass compiles once
-(~40 s on this project's CPU) and is reused for thousands of calls; evaluation and generation
-see a new length per item and would recompile for each.
+Only training asks for it (`compile` is a run-config key): a training run has one sequence
+length, so each pass compiles once and is reused for thousands of calls; evaluation and
+generation see a new length per item and would recompile for each.
 
 Without a working C++ compiler (or any other inductor failure) the first call raises inside the
 compiled function; the wrapper then warns once and runs the eager function from then on. The
 passes write only into buffers they are given, so re-running a failed call eagerly is safe.
 
 Head groups call the passes from several threads at once (`ops_rwkv7.run_in_threads`); dynamo
-must not compile from two threads together, so a call whose input shapes have not been seen
-yet holds a lock until its graph exists, and only calls with known shapes run concurrently.
+must not compile from two threads together, so a call whose inputs' `signature` has not been
+seen yet holds a lock until its graph exists, and only calls with known signatures run concurrently.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import warnings
 import torch
 
 from radlads.model import ops_rwkv7
+
+PASSES = ("_rwkv7_forward", "_rwkv7_backward")  # the ops_rwkv7 functions that get swapped
 
 
 def signature(x):
@@ -50,12 +52,12 @@ class CompiledOrEager:
     def __call__(self, *args):
         if not self.failed:
             try:
-                shapes = signature(args)
-                if shapes in self.seen:
+                key = signature(args)
+                if key in self.seen:
                     return self.compiled(*args)
                 with self.lock:
                     out = self.compiled(*args)
-                    self.seen.add(shapes)
+                    self.seen.add(key)
                     return out
             except Exception as e:  # noqa: BLE001 - compiler missing, inductor bug: all mean "run eager"
                 self.failed = True
@@ -67,7 +69,7 @@ class CompiledOrEager:
 
 def compile_rwkv7_kernel() -> None:
     """Swap the chunked RWKV-7 forward and backward passes for compiled ones (idempotent)."""
-    for name in ("_rwkv7_forward", "_rwkv7_backward"):
+    for name in PASSES:
         fn = getattr(ops_rwkv7, name)
         if not isinstance(fn, CompiledOrEager):
             setattr(ops_rwkv7, name, CompiledOrEager(fn))
@@ -75,7 +77,7 @@ def compile_rwkv7_kernel() -> None:
 
 def eager_rwkv7_kernel() -> None:
     """Undo `compile_rwkv7_kernel` (for tests)."""
-    for name in ("_rwkv7_forward", "_rwkv7_backward"):
+    for name in PASSES:
         fn = getattr(ops_rwkv7, name)
         if isinstance(fn, CompiledOrEager):
             setattr(ops_rwkv7, name, fn.eager)

@@ -207,14 +207,14 @@ def train_stage(stage: int, cfg: RunConfig, teacher, student, tokenizer, run_dir
             if calibrate_at is not None and step >= calibrate_at:
                 # The first step of a process pays one-off costs (allocation, kernel choice): left out.
                 measured = step_times[1:] or step_times
-                step_s, cap = sum(measured) / len(measured), n_steps
-                total = steps_within(s.minutes, spent_before + time.perf_counter() - t_start, step_s, step, cap)
+                mean_step_s, cap = sum(measured) / len(measured), n_steps
+                total = steps_within(s.minutes, spent_before + time.perf_counter() - t_start, mean_step_s, step, cap)
                 n_steps, calibrate_at = int(round(dist.mean(float(total)))), None  # one count on every rank
                 bar.total = n_steps
                 if rank == 0:
                     why = "its token budget" if n_steps == cap else f"{s.minutes:g} min"
                     tqdm.write(f"radlads: stage {stage} runs {n_steps} steps ({n_steps * step_tokens:,} tokens, "
-                               f"{why}) at {step_tokens / step_s:.0f} tok/s", file=sys.stderr)
+                               f"{why}) at {step_tokens / mean_step_s:.0f} tok/s", file=sys.stderr)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             record = {"stage": stage, "step": step, "tokens": step * step_tokens, "loss": loss_value, "lr": lr,
