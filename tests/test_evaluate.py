@@ -207,6 +207,9 @@ def test_shards_join_to_what_one_pass_reports(env, capsys, tmp_path):
             assert parts["metrics"][metric]["value"] == pytest.approx(one["metrics"][metric]["value"], abs=1e-12)
             assert parts["metrics"][metric]["stderr"] == pytest.approx(one["metrics"][metric]["stderr"], abs=1e-12)
     assert b["ratios"]["student"]["per_task"]["piqa"] == pytest.approx(a["ratios"]["student"]["per_task"]["piqa"])
+    # One --reuse takes several files, as a shell glob passes them.
+    assert main([*common, "--reuse", shards[1], shards[3]]) == 0
+    assert "student piqa: reused, joined from 2 shards (0:1, 1:3)" in capsys.readouterr().err
     # Shards that leave a gap do not stand in for the whole task.
     assert main([*common, "--tasks", "piqa", "--reuse", shards[3]]) == 0
     assert "student piqa: 3 items" in capsys.readouterr().err

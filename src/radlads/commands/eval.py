@@ -33,10 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-iters", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                    help="lm-eval bootstrap resamples for stderrs without a closed form (perplexity)")
     p.add_argument("--json", default=None, metavar="FILE", help="write all raw results here")
-    p.add_argument("--reuse", action="append", default=[], metavar="FILE",
+    p.add_argument("--reuse", action="extend", nargs="+", default=[], metavar="FILE",
                    help="an earlier --json file: a task a model already scored there with the same --dtype on "
                         "the same items, or on adjacent --items shards that together cover them, is not "
-                        "run again (repeatable)")
+                        "run again (takes several files, and repeats)")
 
 
 def _check_args(args) -> None:
