@@ -29,19 +29,22 @@ def stage_summary(metrics: Path | None) -> dict:
     if metrics is None:
         return {}
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    out, clocks = {}, {}
+    out = {}
+    finished = {}  # per stage: seconds of the invocations before the current one
+    invocation = {}  # per stage: (step, elapsed_s) rows of the current invocation
     for r in rows:
-        s = out.setdefault(r["stage"], {"tokens": 0, "seconds": 0.0, "steps": 0})
+        stage = r["stage"]
+        s = out.setdefault(stage, {"tokens": 0, "seconds": 0.0, "steps": 0})
         s["tokens"], s["steps"] = max(s["tokens"], r["tokens"]), max(s["steps"], r["step"])
         # A resumed run restarts its clock (and `--resume` drops the rows after its checkpoint;
         # an older metrics file may still repeat them): an invocation counts up to the step the
         # next one resumed from, so a repeated step counts once.
-        done, current = clocks.setdefault(r["stage"], [0.0, []])
+        current = invocation.setdefault(stage, [])
         if current and (r["step"] <= current[-1][0] or r["elapsed_s"] < current[-1][1]):
-            clocks[r["stage"]][0] = done = done + max([e for step, e in current if step < r["step"]], default=0.0)
+            finished[stage] = finished.get(stage, 0.0) + max([e for step, e in current if step < r["step"]], default=0.0)
             current.clear()
         current.append((r["step"], r["elapsed_s"]))
-        s["seconds"] = done + r["elapsed_s"]
+        s["seconds"] = finished.get(stage, 0.0) + r["elapsed_s"]
         if "val_loss" in r:
             s["val_loss"] = r["val_loss"]
     return out
